@@ -1,0 +1,56 @@
+# gemma-serve: `make run` starts the embedded default, `make test` runs every test.
+# Each target installs what it needs first; nothing has to be set up by hand.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CACHE := $(CURDIR)/.cache
+
+# Keep every cache and Ray's session files inside the checkout, and never reach a hub.
+export GEMMA_SERVE_CACHE_DIR := $(CACHE)/gemma-serve
+export RAY_TMPDIR := $(CACHE)/ray
+export VLLM_CACHE_ROOT := $(CACHE)/vllm
+export XDG_CACHE_HOME := $(CACHE)/xdg
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install run build-tiny test test-unit test-integration lint bench clean
+
+install: $(STAMP)
+
+# Rebuilt whenever the lock or the package metadata changes.
+$(STAMP): requirements/cpu.lock pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --no-deps -r requirements/cpu.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -c "import vllm, ray.serve.llm, service.cli" >/dev/null
+	touch $(STAMP)
+
+build-tiny: $(STAMP)
+	$(BIN)/gemma-serve build-tiny
+
+run: $(STAMP) build-tiny
+	$(BIN)/gemma-serve up $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests benchmarks
+	$(BIN)/ruff format --check service tests benchmarks
+
+bench: $(STAMP) build-tiny
+	$(BIN)/python benchmarks/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) $(CACHE)

@@ -1,0 +1,41 @@
+"""Builds the Ray Serve application from settings: one LLM deployment per pool behind
+one gateway ingress."""
+
+from __future__ import annotations
+
+from ray.serve.deployment import Application
+from ray.serve.llm import build_llm_deployment
+
+from service import catalog
+from service.gateway.deployment import Gateway
+from service.pool import PoolServer
+from service.settings import Settings
+
+APP_NAME = "gemma-serve"
+POOL_DEPLOYMENT_PREFIX = "pool:"
+
+
+def build_app(settings: Settings) -> Application:
+    cache_dir = settings.resolved_cache_dir
+    pools = {
+        pool.id: build_llm_deployment(
+            catalog.llm_config(pool, cache_dir),
+            name_prefix=POOL_DEPLOYMENT_PREFIX,
+            deployment_cls=PoolServer,
+        )
+        for pool in settings.pools
+    }
+    gateway = serve_gateway(settings)
+    return gateway.bind(settings, pools)
+
+
+def serve_gateway(settings: Settings):
+    from ray import serve
+
+    return serve.deployment(
+        Gateway,
+        name="gateway",
+        num_replicas=settings.server.gateway_replicas,
+        max_ongoing_requests=settings.server.gateway_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0.5},
+    )

@@ -1,0 +1,253 @@
+"""Gemma 4 model facts, and pool settings turned into Ray Serve LLM `LLMConfig`s.
+
+Facts come from the released configs (see ../shared/research/gemma4.md, section 1.3). The
+engine arguments derived here are exactly what vLLM receives; `gemma-serve check-config`
+prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from ray.serve.llm import LLMConfig
+
+    from service.settings import PoolSettings
+
+
+class Modality(StrEnum):
+    TEXT = "text"
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+
+
+VISUAL = frozenset({Modality.TEXT, Modality.IMAGE, Modality.VIDEO})
+WITH_AUDIO = VISUAL | {Modality.AUDIO}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    id: str
+    hf_id: str
+    fp8_hf_id: str | None  # a pre-quantized FP8 checkpoint; Google ships none
+    architecture: Literal["dense", "moe"]
+    total_params_b: float
+    active_params_b: float
+    hidden_size: int
+    num_layers: int
+    context: int
+    modalities: frozenset[Modality]
+
+
+MODELS: dict[str, ModelFacts] = {
+    m.id: m
+    for m in (
+        ModelFacts(
+            id="gemma-4-31b-it",
+            hf_id="google/gemma-4-31B-it",
+            fp8_hf_id="RedHatAI/gemma-4-31B-it-FP8-dynamic",
+            architecture="dense",
+            total_params_b=31.0,
+            active_params_b=31.0,
+            hidden_size=5376,
+            num_layers=60,
+            context=262144,
+            modalities=VISUAL,
+        ),
+        ModelFacts(
+            id="gemma-4-26b-a4b-it",
+            hf_id="google/gemma-4-26B-A4B-it",
+            fp8_hf_id="RedHatAI/gemma-4-26B-A4B-it-FP8-dynamic",
+            architecture="moe",
+            total_params_b=25.2,
+            active_params_b=3.8,
+            hidden_size=2816,
+            num_layers=30,
+            context=262144,
+            modalities=VISUAL,
+        ),
+        ModelFacts(
+            id="gemma-4-e4b-it",
+            hf_id="google/gemma-4-E4B-it",
+            fp8_hf_id=None,
+            architecture="dense",
+            total_params_b=8.0,
+            active_params_b=4.0,
+            hidden_size=2560,
+            num_layers=42,
+            context=131072,
+            modalities=WITH_AUDIO,
+        ),
+        ModelFacts(
+            id="gemma-4-e2b-it",
+            hf_id="google/gemma-4-E2B-it",
+            fp8_hf_id=None,
+            architecture="dense",
+            total_params_b=5.1,
+            active_params_b=2.3,
+            hidden_size=1536,
+            num_layers=35,
+            context=131072,
+            modalities=WITH_AUDIO,
+        ),
+    )
+}
+
+TINY_PREFIX = "tiny:"
+# Tiny stand-ins are text-only: the multimodal processor needs torchvision, which has no
+# CPU wheel here (FACTS.md).
+TINY_MODALITIES = frozenset({Modality.TEXT})
+TINY_CONTEXT = 4096
+
+
+def facts(pool: PoolSettings) -> ModelFacts:
+    return MODELS[pool.catalog_id]
+
+
+def is_tiny(pool: PoolSettings) -> bool:
+    return (pool.checkpoint or "").startswith(TINY_PREFIX)
+
+
+def check_pool(pool: PoolSettings) -> None:
+    """Reject pool settings that contradict the model; ValueError names the field."""
+    if pool.catalog_id not in MODELS:
+        raise ValueError(f"model '{pool.catalog_id}' is not a Gemma 4 model; known: {sorted(MODELS)}")
+    model = MODELS[pool.catalog_id]
+    accepted = TINY_MODALITIES if is_tiny(pool) else model.modalities
+    if pool.modalities is not None:
+        extra = sorted(set(pool.modalities) - accepted)
+        if extra:
+            raise ValueError(f"modalities {extra} are not accepted by {pool.checkpoint or model.id}")
+        if Modality.TEXT not in pool.modalities:
+            raise ValueError("modalities must include text")
+    context = TINY_CONTEXT if is_tiny(pool) else model.context
+    if pool.max_model_len is not None and pool.max_model_len > context:
+        raise ValueError(f"max_model_len {pool.max_model_len} exceeds the model's context {context}")
+    if pool.device == "cpu":
+        if pool.weights != "bf16" or pool.kv_cache_dtype != "auto":
+            raise ValueError("CPU pools support weights=bf16 and kv_cache_dtype=auto only")
+        if pool.tensor_parallel_size != 1:
+            raise ValueError("CPU pools support tensor_parallel_size=1 only")
+    if pool.weights == "fp8" and pool.checkpoint is None and model.fp8_hf_id is None:
+        raise ValueError(f"no FP8 checkpoint is known for {model.id}; use weights: fp8-online")
+    if is_tiny(pool) and pool.checkpoint not in (f"{TINY_PREFIX}dense", f"{TINY_PREFIX}moe"):
+        raise ValueError(f"unknown tiny checkpoint '{pool.checkpoint}'; use tiny:dense or tiny:moe")
+
+
+def modalities(pool: PoolSettings) -> frozenset[Modality]:
+    if pool.modalities is not None:
+        return frozenset(pool.modalities)
+    return TINY_MODALITIES if is_tiny(pool) else facts(pool).modalities
+
+
+def max_model_len(pool: PoolSettings) -> int:
+    if pool.max_model_len is not None:
+        return pool.max_model_len
+    return TINY_CONTEXT if is_tiny(pool) else facts(pool).context
+
+
+def checkpoint_source(pool: PoolSettings, cache_dir: Path) -> str:
+    """Where vLLM loads weights from: a tiny build, a local path or an HF repo id."""
+    if is_tiny(pool):
+        from service.tinymodels import tiny_checkpoint_path
+
+        return str(tiny_checkpoint_path(cache_dir, pool.checkpoint.removeprefix(TINY_PREFIX)))
+    if pool.checkpoint is not None:
+        return pool.checkpoint
+    model = facts(pool)
+    return model.fp8_hf_id if pool.weights == "fp8" and model.fp8_hf_id else model.hf_id
+
+
+def engine_kwargs(pool: PoolSettings) -> dict[str, Any]:
+    """vLLM engine and frontend arguments for one pool, user overrides applied last."""
+    args: dict[str, Any] = {
+        "max_model_len": max_model_len(pool),
+        "enable_prefix_caching": pool.enable_prefix_caching,
+        # Gemma 4's own tool-call and thinking syntax, parsed into OpenAI fields.
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "gemma4",
+        "reasoning_parser": "gemma4",
+    }
+    if pool.max_num_seqs is not None:
+        args["max_num_seqs"] = pool.max_num_seqs
+    if pool.device == "gpu":
+        args["tensor_parallel_size"] = pool.tensor_parallel_size
+        args["gpu_memory_utilization"] = pool.gpu_memory_utilization
+        if pool.weights == "fp8-online":
+            # vLLM >= 0.32 dropped online quantization under "fp8".
+            args["quantization"] = "fp8_per_tensor"
+        if pool.kv_cache_dtype == "fp8":
+            args["kv_cache_dtype"] = "fp8"
+        args["limit_mm_per_prompt"] = _mm_limits(pool)
+        if modalities(pool) == {Modality.TEXT}:
+            # Skips loading the vision/audio encoders: more memory for KV cache.
+            args["language_model_only"] = True
+    return args | pool.engine_kwargs
+
+
+def _mm_limits(pool: PoolSettings) -> dict[str, int]:
+    accepted = modalities(pool)
+    limits = {"image": 0, "video": 0}
+    if Modality.AUDIO in facts(pool).modalities:
+        limits["audio"] = 0
+    for kind in limits:
+        if Modality(kind) in accepted:
+            limits[kind] = pool.max_items_per_prompt
+    return limits
+
+
+def deployment_config(pool: PoolSettings) -> dict[str, Any]:
+    """Serve options. LLMServer defaults both request targets to 1e9, which disables
+    request-based autoscaling and queueing in front of vLLM: set them (FACTS.md)."""
+    autoscaling: dict[str, Any] = {
+        "min_replicas": pool.replicas.min,
+        "max_replicas": pool.replicas.max,
+        "target_ongoing_requests": pool.target_ongoing_requests,
+    }
+    if pool.replicas.initial is not None:
+        autoscaling["initial_replicas"] = pool.replicas.initial
+    return {
+        "autoscaling_config": autoscaling,
+        "max_ongoing_requests": pool.max_ongoing_requests,
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 30,
+    }
+
+
+def runtime_env(pool: PoolSettings) -> dict[str, Any]:
+    env = {"HF_HUB_OFFLINE": "1"} if is_tiny(pool) else {}
+    if pool.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu_kv_cache_gib)
+    return {"env_vars": env} if env else {}
+
+
+def llm_config_kwargs(pool: PoolSettings, cache_dir: Path) -> dict[str, Any]:
+    """The LLMConfig fields, as plain data (what check-config prints)."""
+    kwargs: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": pool.id,
+            "model_source": checkpoint_source(pool, cache_dir),
+        },
+        "engine_kwargs": engine_kwargs(pool),
+        "deployment_config": deployment_config(pool),
+        "experimental_configs": {"stream_batching_interval_ms": pool.stream_batching_interval_ms},
+        "log_engine_metrics": True,
+    }
+    if pool.device == "gpu":
+        kwargs["accelerator_type"] = pool.accelerator_type
+    else:
+        kwargs["placement_group_config"] = {"bundles": [{"CPU": 1}]}
+    env = runtime_env(pool)
+    if env:
+        kwargs["runtime_env"] = env
+    return kwargs
+
+
+def llm_config(pool: PoolSettings, cache_dir: Path) -> LLMConfig:
+    from ray.serve.llm import LLMConfig
+
+    return LLMConfig(**llm_config_kwargs(pool, cache_dir))

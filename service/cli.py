@@ -1,0 +1,169 @@
+"""`gemma-serve`: up | build-tiny | check-config."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service import catalog
+from service.errors import ConfigError
+from service.settings import Settings, load_settings
+
+# How long Serve's proxy lets a request run beyond the gateway's own deadline: the
+# gateway answers first, with a proper error.
+PROXY_TIMEOUT_MARGIN_S = 5.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"gemma-serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gemma-serve", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="start local Ray and the service; Ctrl-C stops both")
+    up.add_argument("--config", type=Path, help="YAML settings file (else $GEMMA_SERVE_CONFIG)")
+    up.add_argument("--host", help="bind address (default from settings: 127.0.0.1)")
+    up.add_argument("--port", type=int, help="port (default from settings: 8000)")
+    up.set_defaults(func=cmd_up)
+
+    tiny = sub.add_parser("build-tiny", help="build the tiny offline Gemma 4 checkpoints")
+    tiny.add_argument("--config", type=Path)
+    tiny.add_argument("--cache-dir", type=Path, help="default: settings cache_dir")
+    tiny.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    tiny.set_defaults(func=cmd_build_tiny)
+
+    check = sub.add_parser("check-config", help="print the resolved pools and engine args")
+    check.add_argument("config", type=Path, nargs="?", help="YAML file (default: embedded)")
+    check.set_defaults(func=cmd_check_config)
+    return parser
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    resolved = resolved_config(settings)
+    for pool in settings.pools:
+        try:
+            catalog.llm_config(pool, settings.resolved_cache_dir)
+        except Exception as exc:  # LLMConfig's own validation, reported per pool
+            raise ConfigError(f"pool '{pool.id}' is rejected by Ray Serve LLM: {exc}") from None
+    print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    return 0
+
+
+def resolved_config(settings: Settings) -> dict[str, Any]:
+    cache_dir = settings.resolved_cache_dir
+    return {
+        "server": settings.server.model_dump(mode="json"),
+        "default_pool": settings.default_pool_id,
+        "pools": [
+            {
+                "id": pool.id,
+                "model": pool.catalog_id,
+                "modalities": sorted(catalog.modalities(pool)),
+                "llm_config": catalog.llm_config_kwargs(pool, cache_dir),
+            }
+            for pool in settings.pools
+        ],
+    }
+
+
+def cmd_build_tiny(args: argparse.Namespace) -> int:
+    from service.tinymodels import build_tiny_checkpoints
+
+    cache_dir = args.cache_dir or load_settings(args.config).resolved_cache_dir
+    started = time.monotonic()
+    paths = build_tiny_checkpoints(cache_dir.expanduser(), force=args.force)
+    for variant, path in paths.items():
+        print(f"{variant}: {path}")
+    print(f"tiny checkpoints ready in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update=overrides)}
+        )
+    if any(catalog.is_tiny(pool) for pool in settings.pools):
+        from service.tinymodels import build_tiny_checkpoints
+
+        build_tiny_checkpoints(settings.resolved_cache_dir)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    started = time.monotonic()
+    start_service(settings)
+    try:
+        base = f"http://{settings.server.host}:{settings.server.port}"
+        print(_ready_banner(base, settings, time.monotonic() - started), flush=True)
+        stop.wait()
+    finally:
+        print("gemma-serve: shutting down", flush=True)
+        stop_service()
+    return 0
+
+
+def start_service(settings: Settings) -> None:
+    """Local Ray (or the configured cluster), Serve's proxy, and the application."""
+    import ray
+    from ray import serve
+
+    from service.app import APP_NAME, build_app
+
+    ray.init(
+        address=settings.ray.address,
+        num_cpus=None if settings.ray.address else settings.ray.num_cpus,
+        include_dashboard=False,
+        logging_level=settings.log_level,
+    )
+    serve.start(
+        http_options={
+            "host": settings.server.host,
+            "port": settings.server.port,
+            "request_timeout_s": settings.server.request_timeout_s + PROXY_TIMEOUT_MARGIN_S,
+        }
+    )
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+
+
+def stop_service() -> None:
+    import ray
+    from ray import serve
+
+    # Serve first: replicas shut their vLLM engines down; then Ray's own processes.
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
+    return (
+        f"\ngemma-serve is ready at {base}/v1 ({elapsed_s:.0f} s)\n"
+        f"  pools: {', '.join(p.id for p in settings.pools)}; "
+        f"aliases {', '.join(settings.server.aliases)} -> {settings.default_pool_id}\n\n"
+        f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"    -d '{{\"model\": \"gemma-4\", \"messages\": "
+        f"[{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n"
+        "  Ctrl-C stops the service.\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

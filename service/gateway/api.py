@@ -1,0 +1,123 @@
+"""The OpenAI-compatible HTTP surface of the gateway, as a FastAPI app.
+
+Built by `create_app` from settings and a pool backend, so tests can drive it with a fake
+backend and the Serve deployment can build it once per replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from service import catalog
+from service.errors import (
+    ContextLengthExceeded,
+    MethodNotAllowed,
+    RouteNotFound,
+    ServiceError,
+    error_body,
+)
+from service.gateway.dispatch import PoolBackend, call_pool
+from service.gateway.models import ModelDirectory
+from service.gateway.requests import parse_as, read_json_object
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Readiness = Callable[[], Awaitable[dict[str, bool]]]
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def create_app(settings: Settings, backend: PoolBackend, readiness: Readiness) -> FastAPI:
+    app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
+    directory = ModelDirectory(settings)
+    _install_error_handlers(app)
+
+    async def generate(request: Request, method: str, model_cls: type) -> Response:
+        body = parse_as(model_cls, await read_json_object(request, settings.server.max_body_bytes))
+        pool_id = directory.resolve(body.model)
+        _check_max_tokens(body, catalog.max_model_len(settings.pool(pool_id)))
+        # vLLM answers only to its served id, and the response's `model` is the pool id.
+        body.model = pool_id
+        if isinstance(body, ChatCompletionRequest):
+            body = _sanitize_chat_completion_request(body)
+        return await call_pool(
+            backend,
+            pool_id,
+            method,
+            body,
+            timeout_s=settings.server.request_timeout_s,
+            request_id=request.headers.get(REQUEST_ID_HEADER, ""),
+        )
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, "chat", ChatCompletionRequest)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, "completions", CompletionRequest)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": directory.cards()}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> dict[str, Any]:
+        directory.resolve(model)
+        return next(card for card in directory.cards() if card["id"] == model)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        pools = await readiness()
+        ok = all(pools.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "pools": pools},
+            status_code=200 if ok else 503,
+        )
+
+    return app
+
+
+def _check_max_tokens(body: Any, max_model_len: int) -> None:
+    # The prompt is counted by the engine; max_tokens alone can be refused here, for free.
+    limits = body.model_dump(include={"max_tokens", "max_completion_tokens"})
+    requested = limits.get("max_completion_tokens") or limits.get("max_tokens")
+    if requested is not None and requested >= max_model_len:
+        raise ContextLengthExceeded(
+            f"max_tokens is {requested}, but the model '{body.model}' has a context of "
+            f"{max_model_len} tokens, which must hold the prompt and max_tokens",
+            param="max_tokens",
+        )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            err: ServiceError = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            err = RouteNotFound(f"no route {request.method} {request.url.path}")
+        return await service_error(request, err)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        request_id = request.headers.get(REQUEST_ID_HEADER, "")
+        log.exception("unhandled error (request id %s)", request_id)
+        err = ServiceError(f"internal error (request id {request_id})")
+        return JSONResponse(error_body(err), status_code=500)

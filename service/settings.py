@@ -1,0 +1,210 @@
+"""Typed settings: one YAML file plus GEMMA_SERVE_* environment overrides.
+
+Parsed once at start (`load_settings`) and passed down as objects; nothing below this
+module reads the environment. With no file, the defaults below are the embedded profile:
+two tiny Gemma 4 checkpoints on CPU engines, bound to loopback.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from service import catalog
+from service.catalog import Modality
+from service.errors import ConfigError
+
+CONFIG_ENV_VAR = "GEMMA_SERVE_CONFIG"
+ENV_PREFIX = "GEMMA_SERVE_"
+
+
+class Device(StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+class Strict(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="413 above this")
+    request_timeout_s: float = Field(600.0, gt=0, description="hard deadline per request")
+    aliases: list[str] = Field(default_factory=lambda: ["gemma-4", "auto"])
+    default_pool: str | None = Field(None, description="pool the aliases go to; first pool if unset")
+    gateway_replicas: int = Field(1, ge=1)
+    gateway_max_ongoing_requests: int = Field(1000, ge=1)
+
+
+class RaySettings(Strict):
+    address: str | None = Field(None, description="existing cluster; unset starts local Ray")
+    # Local Ray needs more logical CPUs than cores, or the gateway replica never schedules
+    # beside the CPU engines (FACTS.md).
+    num_cpus: int = Field(8, ge=1)
+
+
+class ReplicaSettings(Strict):
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+    initial: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaSettings:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial ({self.initial}) must lie in [min, max]")
+        return self
+
+
+Weights = Literal["bf16", "fp8", "fp8-online"]
+
+
+class PoolSettings(Strict):
+    id: str = Field(..., min_length=1, description="served model id")
+    model: str | None = Field(None, description="catalog entry; defaults to id")
+    checkpoint: str | None = Field(
+        None, description="HF repo id, local path, or tiny:dense / tiny:moe; default from catalog"
+    )
+    device: Device = Device.GPU
+    weights: Weights = "bf16"
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int | None = Field(None, gt=0, description="defaults to the model's context")
+    gpu_memory_utilization: float = Field(0.90, gt=0, le=1)
+    max_num_seqs: int | None = Field(None, ge=1)
+    enable_prefix_caching: bool = True
+    modalities: list[Modality] | None = Field(None, description="defaults to all the model takes")
+    max_items_per_prompt: int = Field(4, ge=0, description="images, videos or audio clips each")
+    accelerator_type: str = "H100"
+    cpu_kv_cache_gib: int = Field(1, ge=1, description="KV space of a CPU engine")
+    replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
+    max_ongoing_requests: int = Field(64, ge=1)
+    target_ongoing_requests: int = Field(32, ge=1)
+    stream_batching_interval_ms: float = Field(
+        50.0, ge=0, description="after the first chunk, tokens are sent in batches this often"
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="passed to vLLM last, overriding derived args"
+    )
+
+    @property
+    def catalog_id(self) -> str:
+        return self.model or self.id
+
+    @model_validator(mode="after")
+    def _fits_model(self) -> PoolSettings:
+        catalog.check_pool(self)
+        return self
+
+
+def embedded_pools() -> list[PoolSettings]:
+    """The two tiny stand-ins: MoE for the 26B-A4B pool, dense for the 31B pool."""
+    common: dict[str, Any] = {
+        "device": Device.CPU,
+        "max_model_len": 2048,
+        "max_ongoing_requests": 32,
+        "target_ongoing_requests": 16,
+    }
+    return [
+        PoolSettings(id="gemma-4-26b-a4b-it", checkpoint="tiny:moe", **common),
+        PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense", **common),
+    ]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+    pools: list[PoolSettings] = Field(default_factory=embedded_pools, min_length=1)
+    cache_dir: Path = Field(
+        Path("~/.cache/gemma-serve"), description="tiny checkpoints and other build products"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        ids = [p.id for p in self.pools]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"pool ids must be unique; repeated: {duplicates}")
+        clash = sorted(set(self.server.aliases) & set(ids))
+        if clash:
+            raise ValueError(f"server.aliases {clash} collide with pool ids")
+        if self.server.default_pool is not None and self.server.default_pool not in ids:
+            raise ValueError(
+                f"server.default_pool '{self.server.default_pool}' is not a pool id; pools: {ids}"
+            )
+        return self
+
+    @property
+    def default_pool_id(self) -> str:
+        return self.server.default_pool or self.pools[0].id
+
+    def pool(self, pool_id: str) -> PoolSettings:
+        return next(p for p in self.pools if p.id == pool_id)
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir.expanduser().resolve()
+
+
+def load_settings(config_path: Path | None = None) -> Settings:
+    """Read the YAML file (argument, else $GEMMA_SERVE_CONFIG, else none) and the environment.
+
+    Raises ConfigError naming the offending field, so `up` fails before starting anything.
+    """
+    if config_path is None and os.environ.get(CONFIG_ENV_VAR):
+        config_path = Path(os.environ[CONFIG_ENV_VAR])
+    data = _read_yaml(config_path) if config_path is not None else {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        source = str(config_path) if config_path else "embedded defaults"
+        raise ConfigError(f"invalid configuration ({source}):\n{_describe(exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        lines.append(f"  {where}: {err['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+
+from service import catalog
+from service.settings import PoolSettings, load_settings
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+CACHE = Path("/cache")
+
+
+def pools(name: str) -> dict[str, PoolSettings]:
+    return {p.id: p for p in load_settings(CONFIGS / name).pools}
+
+
+def test_31b_fp8_on_one_h100_uses_the_fp8_checkpoint_and_fp8_kv():
+    pool = pools("h100-fp8.yaml")["gemma-4-31b-it"]
+    kwargs = catalog.llm_config_kwargs(pool, CACHE)
+    engine = kwargs["engine_kwargs"]
+    assert kwargs["model_loading_config"]["model_source"] == "RedHatAI/gemma-4-31B-it-FP8-dynamic"
+    assert engine["tensor_parallel_size"] == 1
+    assert engine["kv_cache_dtype"] == "fp8"
+    assert "quantization" not in engine  # the checkpoint carries its own scheme
+    assert kwargs["accelerator_type"] == "H100"
+
+
+def test_31b_bf16_uses_two_gpus_per_replica():
+    pool = pools("h100-bf16.yaml")["gemma-4-31b-it"]
+    kwargs = catalog.llm_config_kwargs(pool, CACHE)
+    assert kwargs["model_loading_config"]["model_source"] == "google/gemma-4-31B-it"
+    assert kwargs["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert "kv_cache_dtype" not in kwargs["engine_kwargs"]
+
+
+def test_online_fp8_uses_the_per_tensor_scheme_of_current_vllm():
+    pool = PoolSettings(id="gemma-4-31b-it", weights="fp8-online")
+    engine = catalog.engine_kwargs(pool)
+    assert engine["quantization"] == "fp8_per_tensor"
+    assert catalog.checkpoint_source(pool, CACHE) == "google/gemma-4-31B-it"
+
+
+def test_gpu_pools_get_gemma4_parsers_prefix_caching_and_context_cap():
+    engine = catalog.engine_kwargs(pools("h100-fp8.yaml")["gemma-4-26b-a4b-it"])
+    assert engine["tool_call_parser"] == "gemma4"
+    assert engine["reasoning_parser"] == "gemma4"
+    assert engine["enable_auto_tool_choice"] is True
+    assert engine["enable_prefix_caching"] is True
+    assert engine["max_model_len"] == 131072
+
+
+def test_multimodal_limits_follow_the_pool_modalities():
+    pool = PoolSettings(id="gemma-4-31b-it", modalities=["text", "image"], max_items_per_prompt=2)
+    assert catalog.engine_kwargs(pool)["limit_mm_per_prompt"] == {"image": 2, "video": 0}
+    e4b = PoolSettings(id="gemma-4-e4b-it")
+    assert catalog.engine_kwargs(e4b)["limit_mm_per_prompt"] == {"image": 4, "video": 4, "audio": 4}
+
+
+def test_text_only_gpu_pool_skips_the_encoders():
+    pool = PoolSettings(id="gemma-4-31b-it", modalities=["text"])
+    assert catalog.engine_kwargs(pool)["language_model_only"] is True
+
+
+def test_context_defaults_to_the_model_and_is_capped_by_settings():
+    assert catalog.max_model_len(PoolSettings(id="gemma-4-31b-it")) == 262144
+    assert catalog.max_model_len(PoolSettings(id="gemma-4-e4b-it")) == 131072
+
+
+def test_embedded_pools_are_tiny_cpu_text_only():
+    for pool in load_settings().pools:
+        kwargs = catalog.llm_config_kwargs(pool, CACHE)
+        assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1}]}
+        assert "accelerator_type" not in kwargs
+        assert kwargs["model_loading_config"]["model_source"].startswith(str(CACHE))
+        assert catalog.modalities(pool) == {"text"}
+        assert kwargs["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+        assert "tensor_parallel_size" not in kwargs["engine_kwargs"]
+
+
+def test_request_targets_are_set_so_autoscaling_works():
+    config = catalog.deployment_config(PoolSettings(id="gemma-4-31b-it", replicas={"min": 1, "max": 3}))
+    assert config["max_ongoing_requests"] == 64
+    assert config["autoscaling_config"] == {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 32,
+    }
+
+
+def test_engine_kwargs_override_derived_args_last():
+    pool = PoolSettings(id="gemma-4-31b-it", engine_kwargs={"max_model_len": 1024, "seed": 7})
+    engine = catalog.engine_kwargs(pool)
+    assert engine["max_model_len"] == 1024
+    assert engine["seed"] == 7
+
+
+@pytest.mark.parametrize("name", ["h100-fp8.yaml", "h100-bf16.yaml", "embedded.yaml"])
+def test_every_shipped_profile_builds_valid_llm_configs(name):
+    for pool in load_settings(CONFIGS / name).pools:
+        config = catalog.llm_config(pool, CACHE)
+        assert config.model_id == pool.id
+
+
+def test_no_fp8_checkpoint_for_e4b_is_refused():
+    with pytest.raises(ValueError, match="fp8-online"):
+        PoolSettings(id="gemma-4-e4b-it", weights="fp8")

@@ -1,0 +1,264 @@
+"""The gateway's HTTP contract, isolated from Ray and vLLM by a fake pool backend."""
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from ray.serve.llm.openai_api_models import ChatCompletionResponse, ErrorResponse
+
+from service.gateway.api import create_app
+from service.settings import Settings
+
+CHAT = "/v1/chat/completions"
+
+
+def chat_body(model="gemma-4", **extra):
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def chat_response(model: str) -> ChatCompletionResponse:
+    return ChatCompletionResponse(
+        id="chatcmpl-1",
+        model=model,
+        choices=[{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    )
+
+
+class FakeStream:
+    def __init__(self, items, delay_s=0.0):
+        self._items = list(items)
+        self._delay_s = delay_s
+        self.cancelled = False
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        await asyncio.sleep(self._delay_s)
+        if not self._items:
+            raise StopAsyncIteration
+        item = self._items.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FakeBackend:
+    """Answers like a pool: records what it was asked, replays scripted items."""
+
+    def __init__(self):
+        self.calls = []
+        self.script = None
+        self.delay_s = 0.0
+        self.streams = []
+
+    def stream(self, pool_id, method, request):
+        self.calls.append((pool_id, method, request))
+        items = self.script(request) if self.script else [chat_response(request.model)]
+        stream = FakeStream(items, self.delay_s)
+        self.streams.append(stream)
+        return stream
+
+
+@pytest.fixture
+def settings():
+    return Settings(server={"max_body_bytes": 2048, "request_timeout_s": 0.5})
+
+
+@pytest.fixture
+def backend():
+    return FakeBackend()
+
+
+@pytest.fixture
+def ready():
+    return {"gemma-4-26b-a4b-it": True, "gemma-4-31b-it": True}
+
+
+@pytest.fixture
+async def client(settings, backend, ready):
+    async def readiness():
+        return ready
+
+    app = create_app(settings, backend, readiness)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        yield c
+
+
+def assert_openai_error(response, status, code=None):
+    assert response.status_code == status
+    body = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    if code:
+        assert body["error"]["code"] == code
+    return body["error"]
+
+
+async def test_alias_goes_to_the_default_pool_and_says_so(client, backend):
+    response = await client.post(CHAT, json=chat_body("gemma-4"))
+    assert response.status_code == 200
+    assert response.headers["x-routed-model"] == "gemma-4-26b-a4b-it"
+    assert response.json()["model"] == "gemma-4-26b-a4b-it"
+    assert backend.calls[0][:2] == ("gemma-4-26b-a4b-it", "chat")
+
+
+async def test_concrete_id_pins_its_pool(client, backend):
+    response = await client.post(CHAT, json=chat_body("gemma-4-31b-it"))
+    assert response.headers["x-routed-model"] == "gemma-4-31b-it"
+    assert backend.calls[0][0] == "gemma-4-31b-it"
+
+
+async def test_unknown_model_is_404_listing_the_available_ids(client, backend):
+    error = assert_openai_error(await client.post(CHAT, json=chat_body("gpt-4")), 404, "model_not_found")
+    for model_id in ("gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4", "auto"):
+        assert model_id in error["message"]
+    assert error["param"] == "model"
+    assert backend.calls == []
+
+
+async def test_malformed_json_is_400(client):
+    response = await client.post(CHAT, content=b'{"model": ', headers={"content-type": "application/json"})
+    error = assert_openai_error(response, 400, "invalid_json")
+    assert "not valid JSON" in error["message"]
+
+
+async def test_json_that_is_not_an_object_is_400(client):
+    assert_openai_error(await client.post(CHAT, json=[1, 2]), 400, "invalid_json")
+
+
+async def test_schema_violation_is_400_naming_the_field(client):
+    error = assert_openai_error(await client.post(CHAT, json=chat_body(temperature="hot")), 400)
+    assert error["param"] == "temperature"
+    assert "temperature" in error["message"]
+
+
+async def test_missing_messages_is_400_naming_the_field(client):
+    error = assert_openai_error(await client.post(CHAT, json={"model": "gemma-4"}), 400)
+    assert error["param"] == "messages"
+
+
+async def test_max_tokens_beyond_the_context_is_400_with_both_numbers(client, backend):
+    error = assert_openai_error(
+        await client.post(CHAT, json=chat_body(max_tokens=5000)), 400, "context_length_exceeded"
+    )
+    assert "5000" in error["message"] and "2048" in error["message"]
+    assert backend.calls == []
+
+
+async def test_body_over_the_limit_is_413_before_reading_it(client, backend):
+    body = chat_body(messages=[{"role": "user", "content": "x" * 4096}])
+    error = assert_openai_error(await client.post(CHAT, json=body), 413, "request_too_large")
+    assert "2048" in error["message"]
+    assert backend.calls == []
+
+
+async def test_streamed_body_over_the_limit_is_413(client):
+    async def chunks():
+        for _ in range(10):
+            yield b"x" * 1024
+
+    assert_openai_error(await client.post(CHAT, content=chunks()), 413, "request_too_large")
+
+
+async def test_engine_client_error_passes_through_in_openai_shape(client, backend):
+    backend.script = lambda req: [
+        ErrorResponse(error={"message": "This model's maximum context length is 2048 tokens. However, "
+                             "you requested 3000 tokens", "type": "BadRequestError", "code": 400})
+    ]
+    error = assert_openai_error(await client.post(CHAT, json=chat_body()), 400, "context_length_exceeded")
+    assert "2048" in error["message"] and "3000" in error["message"]
+
+
+async def test_engine_failure_is_500_without_internals(client, backend):
+    backend.script = lambda req: [RuntimeError("CUDA out of memory at 0xdeadbeef")]
+    error = assert_openai_error(await client.post(CHAT, json=chat_body()), 500, "engine_error")
+    assert "CUDA" not in error["message"] and "deadbeef" not in error["message"]
+    assert backend.streams[0].cancelled
+
+
+async def test_engine_5xx_error_response_is_hidden(client, backend):
+    backend.script = lambda req: [
+        ErrorResponse(error={"message": "EngineCore died: /opt/secret/path", "type": "InternalServerError", "code": 500})
+    ]
+    error = assert_openai_error(await client.post(CHAT, json=chat_body()), 500, "engine_error")
+    assert "secret" not in error["message"]
+
+
+async def test_stream_is_sse_ending_with_done(client, backend):
+    backend.script = lambda req: [["data: {\"a\": 1}\n\n"], ["data: {\"a\": 2}\n\n", "data: [DONE]\n\n"]]
+    response = await client.post(CHAT, json=chat_body(stream=True))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-routed-model"] == "gemma-4-26b-a4b-it"
+    assert response.text == 'data: {"a": 1}\n\ndata: {"a": 2}\n\ndata: [DONE]\n\n'
+
+
+async def test_failure_mid_stream_becomes_an_error_event_then_done(client, backend):
+    backend.script = lambda req: [["data: {\"a\": 1}\n\n"], RuntimeError("boom")]
+    response = await client.post(CHAT, json=chat_body(stream=True))
+    events = [e for e in response.text.split("\n\n") if e]
+    assert events[0] == 'data: {"a": 1}'
+    assert json.loads(events[1].removeprefix("data: "))["error"]["code"] == "engine_error"
+    assert events[2] == "data: [DONE]"
+    assert backend.streams[0].cancelled
+
+
+async def test_request_never_outlives_its_deadline(client, backend):
+    backend.delay_s = 5.0
+    error = assert_openai_error(await client.post(CHAT, json=chat_body()), 504, "deadline_exceeded")
+    assert "0.5 s" in error["message"]
+    assert backend.streams[0].cancelled
+
+
+async def test_stream_past_its_deadline_ends_with_an_error_event(client, backend):
+    backend.script = lambda req: [["data: {\"a\": 1}\n\n"]] + [["data: {}\n\n"]] * 100
+    backend.delay_s = 0.05
+    response = await client.post(CHAT, json=chat_body(stream=True))
+    assert '"deadline_exceeded"' in response.text
+    assert response.text.endswith("data: [DONE]\n\n")
+    assert backend.streams[0].cancelled
+
+
+async def test_completions_use_the_completions_method(client, backend):
+    backend.script = lambda req: [
+        ErrorResponse(error={"message": "bad prompt", "type": "BadRequestError", "code": 400})
+    ]
+    await client.post("/v1/completions", json={"model": "gemma-4-31b-it", "prompt": "hi"})
+    assert backend.calls[0][:2] == ("gemma-4-31b-it", "completions")
+
+
+async def test_models_lists_pools_and_aliases(client):
+    models = (await client.get("/v1/models")).json()
+    ids = [m["id"] for m in models["data"]]
+    assert ids == ["gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4", "auto"]
+    alias = models["data"][2]
+    assert alias["metadata"]["alias_for"] == "gemma-4-26b-a4b-it"
+    assert models["data"][0]["max_model_len"] == 2048
+
+
+async def test_one_model_is_retrievable_and_unknown_is_404(client):
+    assert (await client.get("/v1/models/gemma-4-31b-it")).json()["id"] == "gemma-4-31b-it"
+    assert_openai_error(await client.get("/v1/models/nope"), 404, "model_not_found")
+
+
+async def test_unknown_route_and_wrong_method_answer_in_openai_shape(client):
+    assert_openai_error(await client.get("/v1/nothing"), 404, "not_found")
+    assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")
+
+
+async def test_health_is_always_ok(client):
+    assert (await client.get("/health")).json() == {"status": "ok"}
+
+
+async def test_ready_is_503_until_every_pool_has_a_replica(client, ready):
+    assert (await client.get("/ready")).status_code == 200
+    ready["gemma-4-31b-it"] = False
+    response = await client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["pools"]["gemma-4-31b-it"] is False

@@ -1,0 +1,93 @@
+from pathlib import Path
+
+import pytest
+
+from service.errors import ConfigError
+from service.settings import Settings, load_settings
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.fixture(autouse=True)
+def no_config_env(monkeypatch):
+    for name in ("GEMMA_SERVE_CONFIG", "GEMMA_SERVE_SERVER__PORT", "GEMMA_SERVE_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_no_file_gives_the_embedded_profile_on_loopback():
+    settings = load_settings()
+    assert settings.server.host == "127.0.0.1"
+    assert [p.id for p in settings.pools] == ["gemma-4-26b-a4b-it", "gemma-4-31b-it"]
+    assert {p.checkpoint for p in settings.pools} == {"tiny:moe", "tiny:dense"}
+    assert all(p.device == "cpu" for p in settings.pools)
+
+
+def test_embedded_yaml_matches_the_built_in_defaults():
+    written, built_in = load_settings(CONFIGS / "embedded.yaml"), load_settings()
+    assert written.pools == built_in.pools
+    assert written.default_pool_id == built_in.default_pool_id
+    assert written.server.host == built_in.server.host
+
+
+def test_aliases_go_to_the_first_pool_unless_a_default_is_set(tmp_path):
+    assert load_settings().default_pool_id == "gemma-4-26b-a4b-it"
+    path = write(tmp_path, "server: {default_pool: gemma-4-31b-it}\n")
+    assert load_settings(path).default_pool_id == "gemma-4-31b-it"
+
+
+def test_config_file_is_taken_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEMMA_SERVE_CONFIG", str(write(tmp_path, "server: {port: 9001}\n")))
+    assert load_settings().server.port == 9001
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    path = write(tmp_path, "server: {port: 9001}\n")
+    monkeypatch.setenv("GEMMA_SERVE_SERVER__PORT", "9002")
+    assert load_settings(path).server.port == 9002
+
+
+def test_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEMMA_SERVE_CACHE_DIR", str(tmp_path))
+    assert load_settings().resolved_cache_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "named"),
+    [
+        ("server: {port: 0}\n", "server.port"),
+        ("server: {prot: 8000}\n", "server.prot"),
+        ("pools: []\n", "pools"),
+        ("pools: [{id: x, model: gemma-3-27b}]\n", "pools.0"),
+        ("pools: [{id: gemma-4-31b-it, max_model_len: 999999}]\n", "pools.0"),
+        ("pools: [{id: gemma-4-31b-it, modalities: [text, audio]}]\n", "pools.0"),
+        ("pools: [{id: gemma-4-31b-it, device: cpu, weights: fp8}]\n", "pools.0"),
+        ("pools: [{id: gemma-4-31b-it, replicas: {min: 3, max: 2}}]\n", "pools.0.replicas"),
+        ("pools: [{id: gemma-4-31b-it}, {id: gemma-4-31b-it}]\n", "pool ids must be unique"),
+        ("server: {default_pool: nope}\n", "server.default_pool 'nope'"),
+        ("server: {aliases: [gemma-4-31b-it]}\n", "collide with pool ids"),
+    ],
+)
+def test_invalid_config_fails_naming_the_field(tmp_path, yaml_text, named):
+    with pytest.raises(ConfigError) as err:
+        load_settings(write(tmp_path, yaml_text))
+    assert named in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "absent.yaml")
+
+
+def test_non_mapping_yaml_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(write(tmp_path, "- a\n- b\n"))
+
+
+def test_empty_file_means_defaults(tmp_path):
+    assert load_settings(write(tmp_path, "")) == Settings()

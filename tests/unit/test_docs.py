@@ -1,0 +1,19 @@
+"""Docs that users read stay in step with the code."""
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import PoolSettings, RaySettings, ReplicaSettings, ServerSettings, Settings
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+@pytest.mark.parametrize(
+    ("model", "prefix"),
+    [(Settings, ""), (ServerSettings, ""), (RaySettings, ""), (PoolSettings, ""), (ReplicaSettings, "replicas.")],
+)
+def test_every_setting_is_documented(model, prefix):
+    text = (DOCS / "configuration.md").read_text()
+    missing = [name for name in model.model_fields if f"`{prefix}{name}`" not in text]
+    assert not missing, f"undocumented settings: {missing}"

@@ -171,6 +171,9 @@ def engine_kwargs(pool: PoolSettings) -> dict[str, Any]:
         "enable_auto_tool_choice": True,
         "tool_call_parser": "gemma4",
         "reasoning_parser": "gemma4",
+        # Compact JSON under response_format: a grammar that allows any whitespace lets a
+        # model loop on blanks until max_tokens, a known failure of small and quantized models.
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     if pool.max_num_seqs is not None:
         args["max_num_seqs"] = pool.max_num_seqs
@@ -253,5 +256,13 @@ def llm_config_kwargs(pool: PoolSettings, cache_dir: Path) -> dict[str, Any]:
 
 def llm_config(pool: PoolSettings, cache_dir: Path) -> LLMConfig:
     from ray.serve.llm import LLMConfig
+    from vllm.config import StructuredOutputsConfig
 
-    return LLMConfig(**llm_config_kwargs(pool, cache_dir))
+    kwargs = llm_config_kwargs(pool, cache_dir)
+    engine = kwargs["engine_kwargs"]
+    # vLLM's engine args take this one as its config object, not a dict.
+    if isinstance(engine.get("structured_outputs_config"), dict):
+        engine["structured_outputs_config"] = StructuredOutputsConfig(
+            **engine["structured_outputs_config"]
+        )
+    return LLMConfig(**kwargs)

@@ -14,7 +14,7 @@ import yaml
 
 from service import catalog
 from service.errors import ConfigError
-from service.settings import Settings, load_settings
+from service.settings import ServerSettings, Settings, load_settings
 
 # How long Serve's proxy lets a request run beyond the gateway's own deadline: the
 # gateway answers first, with a proper error.
@@ -97,25 +97,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
-        settings = settings.model_copy(
-            update={"server": settings.server.model_copy(update=overrides)}
-        )
+        server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
+        settings = settings.model_copy(update={"server": server})
     if any(catalog.is_tiny(pool) for pool in settings.pools):
         from service.tinymodels import build_tiny_checkpoints
 
         build_tiny_checkpoints(settings.resolved_cache_dir)
 
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-
     started = time.monotonic()
-    start_service(settings)
     try:
+        start_service(settings)
+        # After ray.init, which installs its own SIGTERM handler in the driver.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
         base = f"http://{settings.server.host}:{settings.server.port}"
         print(_ready_banner(base, settings, time.monotonic() - started), flush=True)
         stop.wait()
     finally:
+        # Also on Ctrl-C or SIGTERM during start-up: nothing may be left running.
         print("gemma-serve: shutting down", flush=True)
         stop_service()
     return 0
@@ -148,6 +148,8 @@ def stop_service() -> None:
     import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return
     # Serve first: replicas shut their vLLM engines down; then Ray's own processes.
     serve.shutdown()
     ray.shutdown()

@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
+from ray.serve.llm.openai_api_models import ErrorResponse
+
+from service import context_budget
 
 T = TypeVar("T")
 
@@ -42,11 +45,92 @@ class FirstChunkBatcher(Batcher[T]):
 
 
 class PoolServer(LLMServer):
+    async def start(self) -> None:
+        await super().start()
+        # Ray 2.60 looks vLLM's tokenizer service up under its pre-0.32 name and finds
+        # nothing, which breaks tokenize (and our context check). Wire it by its new name.
+        if getattr(self.engine, "_oai_serving_tokenization", False) is None:
+            state = getattr(self.engine, "_app_state", None)
+            self.engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
+
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
         return FirstChunkBatcher(generator, interval_ms=self._get_batch_interval_ms()).stream()
+
+    async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        max_tokens = context_budget.requested_output(request)
+        if max_tokens is not None and self._may_overflow(
+            context_budget.chat_prompt_bound(request), max_tokens
+        ):
+            from ray.llm._internal.serve.core.configs.openai_api_models import (
+                TokenizeChatRequest,
+            )
+
+            counted = await self._count(
+                TokenizeChatRequest(
+                    model=request.model,
+                    messages=request.messages,
+                    tools=request.tools,
+                    add_generation_prompt=request.add_generation_prompt,
+                    continue_final_message=request.continue_final_message,
+                    chat_template=request.chat_template,
+                    chat_template_kwargs=request.chat_template_kwargs,
+                )
+            )
+            if error := self._overflow(counted, max_tokens, "messages"):
+                return _single(error)
+        return await super().chat(request, raw_request_info)
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        max_tokens = context_budget.requested_output(request)
+        bounds = context_budget.completion_prompt_bounds(request)
+        if max_tokens is not None and any(self._may_overflow(b, max_tokens) for b in bounds):
+            from ray.llm._internal.serve.core.configs.openai_api_models import (
+                TokenizeCompletionRequest,
+            )
+
+            prompts = request.prompt
+            if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+                prompts = [prompts]
+            for prompt in prompts:
+                counted = (
+                    len(prompt)
+                    if isinstance(prompt, list)
+                    else await self._count(
+                        TokenizeCompletionRequest(
+                            model=request.model,
+                            prompt=prompt,
+                            add_special_tokens=request.add_special_tokens,
+                        )
+                    )
+                )
+                if error := self._overflow(counted, max_tokens, "prompt"):
+                    return _single(error)
+        return await super().completions(request, raw_request_info)
+
+    def _may_overflow(self, prompt_bound: int, max_tokens: int) -> bool:
+        return prompt_bound + max_tokens > self._llm_config.engine_kwargs["max_model_len"]
+
+    async def _count(self, tokenize_request: Any) -> int | None:
+        async for response in self.engine.tokenize(tokenize_request, None):
+            # A prompt the engine cannot even template is left for generation to report.
+            return getattr(response, "count", None)
+        return None
+
+    def _overflow(self, prompt_tokens: int | None, max_tokens: int, name: str) -> Any:
+        limit = self._llm_config.engine_kwargs["max_model_len"]
+        if prompt_tokens is None or prompt_tokens + max_tokens <= limit:
+            return None
+        message = context_budget.overflow_message(limit, prompt_tokens, max_tokens, name)
+        return ErrorResponse(
+            error={"message": message, "type": "BadRequestError", "param": name, "code": 400}
+        )
 
     async def engine_load(self) -> dict[str, Any]:
         """Requests this replica's engine holds (running or waiting)."""
         client = getattr(self.engine, "_engine_client", None)
         unfinished = client.get_num_unfinished_requests() if client is not None else 0
         return {"unfinished_requests": unfinished}
+
+
+async def _single(item: Any) -> AsyncIterator[Any]:
+    yield item

@@ -34,8 +34,10 @@ def test_alias_is_served_by_the_default_pool(client):
 
 
 def templated_length(stack, pool_id, messages) -> int:
-    ids = stack.tokenizer(pool_id).apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    return len(ids["input_ids"] if isinstance(ids, dict) else ids)
+    templated = stack.tokenizer(pool_id).apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
+    return len(templated["input_ids"])
 
 
 def test_prompt_tokens_equal_the_tokenizer_count_of_the_templated_prompt(client, stack):

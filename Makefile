@@ -36,7 +36,7 @@ build-tiny: $(STAMP)
 run: $(STAMP) build-tiny
 	$(BIN)/gemma-serve up $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 test-unit: $(STAMP)

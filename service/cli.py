@@ -161,8 +161,8 @@ def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
         f"  pools: {', '.join(p.id for p in settings.pools)}; "
         f"aliases {', '.join(settings.server.aliases)} -> {settings.default_pool_id}\n\n"
         f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"    -d '{{\"model\": \"gemma-4\", \"messages\": "
-        f"[{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'\n\n"
+        f'    -d \'{{"model": "gemma-4", "messages": '
+        f'[{{"role": "user", "content": "Hello"}}]}}\'\n\n'
         "  Ctrl-C stops the service.\n"
     )
 

@@ -59,7 +59,9 @@ def _content_bound(content: Any) -> int:
     return total
 
 
-def overflow_message(max_model_len: int, prompt_tokens: int, max_tokens: int, prompt_name: str) -> str:
+def overflow_message(
+    max_model_len: int, prompt_tokens: int, max_tokens: int, prompt_name: str
+) -> str:
     return (
         f"This model's maximum context length is {max_model_len} tokens. However, you requested "
         f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {prompt_name}, {max_tokens} "

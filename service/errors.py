@@ -94,7 +94,9 @@ class EngineError(ServiceError):
 
 
 def error_body(err: ServiceError) -> dict[str, Any]:
-    return {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    return {
+        "error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+    }
 
 
 # vLLM answers with its own ErrorResponse (message, type, param, numeric code). Its 4xx are
@@ -102,7 +104,9 @@ def error_body(err: ServiceError) -> dict[str, Any]:
 _ENGINE_CLIENT_ERRORS: dict[int, type[ServiceError]] = {400: InvalidRequest, 404: ModelNotFound}
 
 
-def from_engine_error(status: int, message: str, param: str | None, request_id: str) -> ServiceError:
+def from_engine_error(
+    status: int, message: str, param: str | None, request_id: str
+) -> ServiceError:
     if status in _ENGINE_CLIENT_ERRORS:
         cls = _ENGINE_CLIENT_ERRORS[status]
         if cls is InvalidRequest and "maximum context length" in message:

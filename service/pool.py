@@ -13,6 +13,10 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm.openai_api_models import ErrorResponse
@@ -61,10 +65,6 @@ class PoolServer(LLMServer):
         if max_tokens is not None and self._may_overflow(
             context_budget.chat_prompt_bound(request), max_tokens
         ):
-            from ray.llm._internal.serve.core.configs.openai_api_models import (
-                TokenizeChatRequest,
-            )
-
             counted = await self._count(
                 TokenizeChatRequest(
                     model=request.model,
@@ -84,10 +84,6 @@ class PoolServer(LLMServer):
         max_tokens = context_budget.requested_output(request)
         bounds = context_budget.completion_prompt_bounds(request)
         if max_tokens is not None and any(self._may_overflow(b, max_tokens) for b in bounds):
-            from ray.llm._internal.serve.core.configs.openai_api_models import (
-                TokenizeCompletionRequest,
-            )
-
             prompts = request.prompt
             if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
                 prompts = [prompts]

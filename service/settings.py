@@ -40,7 +40,9 @@ class ServerSettings(Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="413 above this")
     request_timeout_s: float = Field(600.0, gt=0, description="hard deadline per request")
     aliases: list[str] = Field(default_factory=lambda: ["gemma-4", "auto"])
-    default_pool: str | None = Field(None, description="pool the aliases go to; first pool if unset")
+    default_pool: str | None = Field(
+        None, description="pool the aliases go to; first pool if unset"
+    )
     gateway_replicas: int = Field(1, ge=1)
     gateway_max_ongoing_requests: int = Field(1000, ge=1)
 

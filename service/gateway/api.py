@@ -110,7 +110,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 405:
-            err: ServiceError = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+            err: ServiceError = MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path}"
+            )
         else:
             err = RouteNotFound(f"no route {request.method} {request.url.path}")
         return await service_error(request, err)

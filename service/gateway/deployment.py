@@ -57,4 +57,3 @@ def _running_replicas(deployment_names: dict[str, str]) -> dict[str, bool]:
         replicas = deployments[name].replica_states if name in deployments else {}
         ready[pool_id] = replicas.get("RUNNING", 0) > 0
     return ready
-

@@ -38,7 +38,9 @@ class Stack:
 
     def tokenizer(self, pool_id: str):
         pool = self.settings.pool(pool_id)
-        return AutoTokenizer.from_pretrained(catalog.checkpoint_source(pool, self.settings.resolved_cache_dir))
+        return AutoTokenizer.from_pretrained(
+            catalog.checkpoint_source(pool, self.settings.resolved_cache_dir)
+        )
 
 
 def _free_port() -> int:
@@ -71,12 +73,16 @@ def stack():
 
 @pytest.fixture
 def client(stack):
-    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai.OpenAI(
+        base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60
+    )
 
 
 @pytest.fixture
 def aclient(stack):
-    return openai.AsyncOpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    return openai.AsyncOpenAI(
+        base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60
+    )
 
 
 @pytest.fixture

@@ -32,14 +32,18 @@ def served():
     config = workdir / "config.yaml"
     config.write_text(
         f"server: {{request_timeout_s: {DEADLINE_S}}}\n"
-        "pools:\n  - {id: gemma-4-31b-it, checkpoint: 'tiny:dense', device: cpu, max_model_len: 2048}\n"
+        "pools:\n"
+        "  - {id: gemma-4-31b-it, checkpoint: 'tiny:dense', device: cpu, max_model_len: 2048}\n"
     )
     env = os.environ | {"RAY_TMPDIR": str(workdir / "ray"), "PYTHONUNBUFFERED": "1"}
     log = (workdir / "up.log").open("w+")
     cli = Path(sys.executable).parent / "gemma-serve"
     process = subprocess.Popen(
         [str(cli), "up", "--config", str(config), "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     deadline = time.monotonic() + READY_TIMEOUT_S
     while "is ready at" not in (workdir / "up.log").read_text():
@@ -63,16 +67,25 @@ def test_up_prints_the_base_url_and_a_curl_example(served):
 
 def test_up_answers_the_openai_api(served):
     _, base, _ = served
-    r = httpx.post(f"{base}/v1/chat/completions", timeout=60,
-                   json={"model": "gemma-4", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    r = httpx.post(
+        f"{base}/v1/chat/completions",
+        timeout=60,
+        json={"model": "gemma-4", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+    )
     assert r.status_code == 200
     assert r.headers["x-routed-model"] == "gemma-4-31b-it"
 
 
 def test_a_stream_past_the_deadline_ends_with_an_error_event(served):
     _, base, _ = served
-    body = {"model": "gemma-4-31b-it", "messages": [{"role": "user", "content": "go"}], "stream": True,
-            "max_tokens": 2000, "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": "gemma-4-31b-it",
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     started = time.monotonic()
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=60) as r:
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
@@ -82,7 +95,11 @@ def test_a_stream_past_the_deadline_ends_with_an_error_event(served):
     assert error["code"] == "deadline_exceeded"
     assert events[-1] == "data: [DONE]"
     # The service goes on serving.
-    r = httpx.post(f"{base}/v1/completions", timeout=30, json={"model": "gemma-4", "prompt": "a", "max_tokens": 2})
+    r = httpx.post(
+        f"{base}/v1/completions",
+        timeout=30,
+        json={"model": "gemma-4", "prompt": "a", "max_tokens": 2},
+    )
     assert r.status_code == 200
 
 

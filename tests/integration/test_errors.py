@@ -16,7 +16,9 @@ def error_of(response, status):
 
 
 def test_malformed_json_is_400(http):
-    error = error_of(http.post(CHAT, content=b"{not json", headers={"content-type": "application/json"}), 400)
+    error = error_of(
+        http.post(CHAT, content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
     assert error["code"] == "invalid_json"
 
 
@@ -56,7 +58,9 @@ def test_completion_prompt_plus_max_tokens_over_the_context_is_400(client):
 
 def test_prompt_alone_over_the_context_is_400(client):
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model=DENSE, messages=[{"role": "user", "content": "colour " * 2500}])
+        client.chat.completions.create(
+            model=DENSE, messages=[{"role": "user", "content": "colour " * 2500}]
+        )
     assert err.value.body["code"] == "context_length_exceeded"
     assert "2048" in err.value.body["message"]
 
@@ -68,5 +72,15 @@ def test_body_over_the_limit_is_413(http):
 
 
 def test_max_tokens_alone_over_the_context_is_400(http):
-    error = error_of(http.post(CHAT, json={"model": MOE, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4096}), 400)
+    error = error_of(
+        http.post(
+            CHAT,
+            json={
+                "model": MOE,
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 4096,
+            },
+        ),
+        400,
+    )
     assert "4096" in error["message"] and "2048" in error["message"]

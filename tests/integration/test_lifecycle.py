@@ -25,8 +25,14 @@ def wait_until(predicate, timeout_s=30.0) -> bool:
 
 
 def test_client_disconnect_mid_stream_aborts_the_engine_request(stack):
-    body = {"model": DENSE, "messages": [{"role": "user", "content": "go"}], "stream": True,
-            "temperature": 0.0, "max_tokens": 1500, "ignore_eos": True}
+    body = {
+        "model": DENSE,
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "temperature": 0.0,
+        "max_tokens": 1500,
+        "ignore_eos": True,
+    }
     with httpx.Client(base_url=stack.base_url, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             lines = response.iter_lines()
@@ -40,8 +46,12 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(stack):
 async def test_two_streams_to_different_pools_run_concurrently(aclient):
     async def stream(model):
         chunks = await aclient.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "count"}], stream=True,
-            temperature=0.0, max_tokens=64, extra_body={"ignore_eos": True},
+            model=model,
+            messages=[{"role": "user", "content": "count"}],
+            stream=True,
+            temperature=0.0,
+            max_tokens=64,
+            extra_body={"ignore_eos": True},
         )
         models, text = set(), []
         async for chunk in chunks:
@@ -49,7 +59,9 @@ async def test_two_streams_to_different_pools_run_concurrently(aclient):
             text.extend(c.delta.content or "" for c in chunk.choices)
         return models, "".join(text)
 
-    (moe_models, moe_text), (dense_models, dense_text) = await asyncio.gather(stream(MOE), stream(DENSE))
+    (moe_models, moe_text), (dense_models, dense_text) = await asyncio.gather(
+        stream(MOE), stream(DENSE)
+    )
     assert moe_models == {MOE} and dense_models == {DENSE}
     assert moe_text and dense_text
 
@@ -57,8 +69,12 @@ async def test_two_streams_to_different_pools_run_concurrently(aclient):
 async def test_bad_requests_do_not_disturb_a_stream_in_flight(aclient, stack):
     async def good_stream():
         chunks = await aclient.chat.completions.create(
-            model=MOE, messages=[{"role": "user", "content": "talk"}], stream=True,
-            temperature=0.0, max_tokens=200, extra_body={"ignore_eos": True},
+            model=MOE,
+            messages=[{"role": "user", "content": "talk"}],
+            stream=True,
+            temperature=0.0,
+            max_tokens=200,
+            extra_body={"ignore_eos": True},
         )
         finish = None
         async for chunk in chunks:
@@ -70,10 +86,20 @@ async def test_bad_requests_do_not_disturb_a_stream_in_flight(aclient, stack):
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=60) as http:
             statuses = []
             for body in (b"{oops", b'{"model": "nope", "messages": []}', b'{"model": "gemma-4"}'):
-                r = await http.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+                r = await http.post(
+                    "/v1/chat/completions",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
                 statuses.append(r.status_code)
-            r = await http.post("/v1/chat/completions", json={
-                "model": MOE, "messages": [{"role": "user", "content": "w " * 3000}], "max_tokens": 10})
+            r = await http.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MOE,
+                    "messages": [{"role": "user", "content": "w " * 3000}],
+                    "max_tokens": 10,
+                },
+            )
             statuses.append(r.status_code)
             return statuses
 

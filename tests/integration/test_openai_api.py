@@ -19,7 +19,9 @@ def test_models_lists_both_pools_and_the_alias(client):
 
 
 def test_chat_answers_from_the_pinned_pool(client):
-    response = client.chat.completions.with_raw_response.create(model=DENSE, messages=MESSAGES, **GREEDY)
+    response = client.chat.completions.with_raw_response.create(
+        model=DENSE, messages=MESSAGES, **GREEDY
+    )
     completion = response.parse()
     assert response.headers["x-routed-model"] == DENSE
     assert completion.model == DENSE
@@ -28,7 +30,9 @@ def test_chat_answers_from_the_pinned_pool(client):
 
 
 def test_alias_is_served_by_the_default_pool(client):
-    response = client.chat.completions.with_raw_response.create(model="gemma-4", messages=MESSAGES, **GREEDY)
+    response = client.chat.completions.with_raw_response.create(
+        model="gemma-4", messages=MESSAGES, **GREEDY
+    )
     assert response.headers["x-routed-model"] == MOE
     assert response.parse().model == MOE
 
@@ -43,7 +47,9 @@ def templated_length(stack, pool_id, messages) -> int:
 def test_prompt_tokens_equal_the_tokenizer_count_of_the_templated_prompt(client, stack):
     # Content as parts: vLLM hands this template string content as parts too, and the
     # Gemma 4 template renders a system part with a trailing space.
-    messages = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in MESSAGES]
+    messages = [
+        {"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in MESSAGES
+    ]
     usage = client.chat.completions.create(model=MOE, messages=messages, **GREEDY).usage
     assert usage.prompt_tokens == templated_length(stack, MOE, messages)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
@@ -58,7 +64,11 @@ def test_prompt_tokens_of_plain_user_turns_equal_the_tokenizer_count(client, sta
 def test_stream_delivers_chunks_usage_and_done(client, http):
     chunks = list(
         client.chat.completions.create(
-            model=DENSE, messages=MESSAGES, stream=True, stream_options={"include_usage": True}, **GREEDY
+            model=DENSE,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+            **GREEDY,
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -69,20 +79,28 @@ def test_stream_delivers_chunks_usage_and_done(client, http):
     assert text == whole.choices[0].message.content
     assert usage.prompt_tokens == whole.usage.prompt_tokens
     assert usage.completion_tokens == whole.usage.completion_tokens
-    raw = http.post("/v1/chat/completions", json={"model": DENSE, "messages": MESSAGES, "stream": True, **GREEDY})
+    raw = http.post(
+        "/v1/chat/completions",
+        json={"model": DENSE, "messages": MESSAGES, "stream": True, **GREEDY},
+    )
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.rstrip().endswith("data: [DONE]")
 
 
 def test_completions_stream_and_non_stream_agree(client):
     whole = client.completions.create(model=MOE, prompt="The sky is", **GREEDY)
-    streamed = "".join(c.choices[0].text for c in client.completions.create(model=MOE, prompt="The sky is", stream=True, **GREEDY))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model=MOE, prompt="The sky is", stream=True, **GREEDY)
+    )
     assert whole.model == MOE
     assert whole.choices[0].text == streamed
 
 
 def test_n_returns_n_choices(client):
-    completion = client.chat.completions.create(model=MOE, messages=MESSAGES, n=3, temperature=1.0, max_tokens=8)
+    completion = client.chat.completions.create(
+        model=MOE, messages=MESSAGES, n=3, temperature=1.0, max_tokens=8
+    )
     assert sorted(c.index for c in completion.choices) == [0, 1, 2]
 
 
@@ -95,12 +113,27 @@ def test_max_tokens_bounds_the_completion(client):
 
 
 def test_stop_sequence_cuts_the_text_before_it(client):
-    free = client.completions.create(model=DENSE, prompt="Once upon", temperature=0.0, max_tokens=24,
-                                     extra_body={"ignore_eos": True}).choices[0].text
+    free = (
+        client.completions.create(
+            model=DENSE,
+            prompt="Once upon",
+            temperature=0.0,
+            max_tokens=24,
+            extra_body={"ignore_eos": True},
+        )
+        .choices[0]
+        .text
+    )
     stop = free[6:9]
     assert len(stop) == 3, free
-    stopped = client.completions.create(model=DENSE, prompt="Once upon", temperature=0.0, max_tokens=24,
-                                        stop=[stop], extra_body={"ignore_eos": True}).choices[0]
+    stopped = client.completions.create(
+        model=DENSE,
+        prompt="Once upon",
+        temperature=0.0,
+        max_tokens=24,
+        stop=[stop],
+        extra_body={"ignore_eos": True},
+    ).choices[0]
     assert stopped.finish_reason == "stop"
     assert stopped.text == free[: free.index(stop)]
 
@@ -112,7 +145,13 @@ def test_greedy_decoding_is_deterministic(client):
 
 
 def test_seed_makes_sampling_reproducible(client):
-    params = {"model": MOE, "messages": MESSAGES, "temperature": 1.0, "max_tokens": 16, "seed": 1234}
+    params = {
+        "model": MOE,
+        "messages": MESSAGES,
+        "temperature": 1.0,
+        "max_tokens": 16,
+        "seed": 1234,
+    }
     first = client.chat.completions.create(**params)
     second = client.chat.completions.create(**params)
     assert first.choices[0].message.content == second.choices[0].message.content
@@ -130,14 +169,22 @@ def test_json_schema_response_format_yields_valid_json(client):
         messages=MESSAGES,
         temperature=0.0,
         max_tokens=64,
-        response_format={"type": "json_schema", "json_schema": {"name": "colour", "schema": schema}},
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "colour", "schema": schema},
+        },
     )
     jsonschema.validate(json.loads(completion.choices[0].message.content), schema)
 
 
 def test_request_id_is_echoed_or_generated(http):
     body = {"model": MOE, "messages": MESSAGES, **GREEDY}
-    assert http.post("/v1/chat/completions", json=body, headers={"x-request-id": "abc-123"}).headers["x-request-id"] == "abc-123"
+    assert (
+        http.post("/v1/chat/completions", json=body, headers={"x-request-id": "abc-123"}).headers[
+            "x-request-id"
+        ]
+        == "abc-123"
+    )
     assert http.post("/v1/chat/completions", json=body).headers["x-request-id"]
 
 

@@ -77,7 +77,9 @@ def test_embedded_pools_are_tiny_cpu_text_only():
 
 
 def test_request_targets_are_set_so_autoscaling_works():
-    config = catalog.deployment_config(PoolSettings(id="gemma-4-31b-it", replicas={"min": 1, "max": 3}))
+    config = catalog.deployment_config(
+        PoolSettings(id="gemma-4-31b-it", replicas={"min": 1, "max": 3})
+    )
     assert config["max_ongoing_requests"] == 64
     assert config["autoscaling_config"] == {
         "min_replicas": 1,

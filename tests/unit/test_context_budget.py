@@ -18,14 +18,18 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return AutoTokenizer.from_pretrained(build_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))["dense"])
+    return AutoTokenizer.from_pretrained(
+        build_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))["dense"]
+    )
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_chat_bound_is_at_least_the_templated_token_count(tokenizer, text):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
     request = ChatCompletionRequest(model="m", messages=messages, max_tokens=10)
-    templated = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    templated = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True
+    )
     count = len(templated["input_ids"])
     assert context_budget.chat_prompt_bound(request) >= count
 
@@ -40,13 +44,18 @@ def test_completion_bound_is_at_least_the_token_count(tokenizer, text):
 
 
 def test_token_id_prompts_are_counted_exactly():
-    assert context_budget.completion_prompt_bounds(CompletionRequest(model="m", prompt=[1, 2, 3])) == [3]
+    assert context_budget.completion_prompt_bounds(
+        CompletionRequest(model="m", prompt=[1, 2, 3])
+    ) == [3]
     batch = CompletionRequest(model="m", prompt=[[1, 2], [1, 2, 3, 4]])
     assert context_budget.completion_prompt_bounds(batch) == [2, 4]
 
 
 def test_media_parts_count_at_their_largest_expansion():
-    content = [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+    content = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
+    ]
     request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": content}])
     assert context_budget.chat_prompt_bound(request) >= context_budget.TOKENS_PER_MEDIA_PART
 
@@ -58,4 +67,8 @@ def test_max_completion_tokens_wins_over_max_tokens():
 
 def test_overflow_message_names_both_numbers():
     message = context_budget.overflow_message(2048, 2000, 100, "messages")
-    assert "2048" in message and "2000 in the messages" in message and "100 in the completion" in message
+    assert (
+        "2048" in message
+        and "2000 in the messages" in message
+        and "100 in the completion" in message
+    )

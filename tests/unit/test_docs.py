@@ -11,7 +11,13 @@ DOCS = Path(__file__).parents[2] / "docs"
 
 @pytest.mark.parametrize(
     ("model", "prefix"),
-    [(Settings, ""), (ServerSettings, ""), (RaySettings, ""), (PoolSettings, ""), (ReplicaSettings, "replicas.")],
+    [
+        (Settings, ""),
+        (ServerSettings, ""),
+        (RaySettings, ""),
+        (PoolSettings, ""),
+        (ReplicaSettings, "replicas."),
+    ],
 )
 def test_every_setting_is_documented(model, prefix):
     text = (DOCS / "configuration.md").read_text()

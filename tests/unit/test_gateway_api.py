@@ -21,7 +21,9 @@ def chat_response(model: str) -> ChatCompletionResponse:
     return ChatCompletionResponse(
         id="chatcmpl-1",
         model=model,
-        choices=[{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        choices=[
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
         usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
     )
 
@@ -115,7 +117,9 @@ async def test_concrete_id_pins_its_pool(client, backend):
 
 
 async def test_unknown_model_is_404_listing_the_available_ids(client, backend):
-    error = assert_openai_error(await client.post(CHAT, json=chat_body("gpt-4")), 404, "model_not_found")
+    error = assert_openai_error(
+        await client.post(CHAT, json=chat_body("gpt-4")), 404, "model_not_found"
+    )
     for model_id in ("gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4", "auto"):
         assert model_id in error["message"]
     assert error["param"] == "model"
@@ -123,7 +127,9 @@ async def test_unknown_model_is_404_listing_the_available_ids(client, backend):
 
 
 async def test_malformed_json_is_400(client):
-    response = await client.post(CHAT, content=b'{"model": ', headers={"content-type": "application/json"})
+    response = await client.post(
+        CHAT, content=b'{"model": ', headers={"content-type": "application/json"}
+    )
     error = assert_openai_error(response, 400, "invalid_json")
     assert "not valid JSON" in error["message"]
 
@@ -168,10 +174,18 @@ async def test_streamed_body_over_the_limit_is_413(client):
 
 async def test_engine_client_error_passes_through_in_openai_shape(client, backend):
     backend.script = lambda req: [
-        ErrorResponse(error={"message": "This model's maximum context length is 2048 tokens. However, "
-                             "you requested 3000 tokens", "type": "BadRequestError", "code": 400})
+        ErrorResponse(
+            error={
+                "message": "This model's maximum context length is 2048 tokens. However, "
+                "you requested 3000 tokens",
+                "type": "BadRequestError",
+                "code": 400,
+            }
+        )
     ]
-    error = assert_openai_error(await client.post(CHAT, json=chat_body()), 400, "context_length_exceeded")
+    error = assert_openai_error(
+        await client.post(CHAT, json=chat_body()), 400, "context_length_exceeded"
+    )
     assert "2048" in error["message"] and "3000" in error["message"]
 
 
@@ -184,14 +198,23 @@ async def test_engine_failure_is_500_without_internals(client, backend):
 
 async def test_engine_5xx_error_response_is_hidden(client, backend):
     backend.script = lambda req: [
-        ErrorResponse(error={"message": "EngineCore died: /opt/secret/path", "type": "InternalServerError", "code": 500})
+        ErrorResponse(
+            error={
+                "message": "EngineCore died: /opt/secret/path",
+                "type": "InternalServerError",
+                "code": 500,
+            }
+        )
     ]
     error = assert_openai_error(await client.post(CHAT, json=chat_body()), 500, "engine_error")
     assert "secret" not in error["message"]
 
 
 async def test_stream_is_sse_ending_with_done(client, backend):
-    backend.script = lambda req: [["data: {\"a\": 1}\n\n"], ["data: {\"a\": 2}\n\n", "data: [DONE]\n\n"]]
+    backend.script = lambda req: [
+        ['data: {"a": 1}\n\n'],
+        ['data: {"a": 2}\n\n', "data: [DONE]\n\n"],
+    ]
     response = await client.post(CHAT, json=chat_body(stream=True))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
@@ -200,7 +223,7 @@ async def test_stream_is_sse_ending_with_done(client, backend):
 
 
 async def test_failure_mid_stream_becomes_an_error_event_then_done(client, backend):
-    backend.script = lambda req: [["data: {\"a\": 1}\n\n"], RuntimeError("boom")]
+    backend.script = lambda req: [['data: {"a": 1}\n\n'], RuntimeError("boom")]
     response = await client.post(CHAT, json=chat_body(stream=True))
     events = [e for e in response.text.split("\n\n") if e]
     assert events[0] == 'data: {"a": 1}'
@@ -217,7 +240,7 @@ async def test_request_never_outlives_its_deadline(client, backend):
 
 
 async def test_stream_past_its_deadline_ends_with_an_error_event(client, backend):
-    backend.script = lambda req: [["data: {\"a\": 1}\n\n"]] + [["data: {}\n\n"]] * 100
+    backend.script = lambda req: [['data: {"a": 1}\n\n']] + [["data: {}\n\n"]] * 100
     backend.delay_s = 0.05
     response = await client.post(CHAT, json=chat_body(stream=True))
     assert '"deadline_exceeded"' in response.text

@@ -162,10 +162,15 @@ async def one_request(client: httpx.AsyncClient, base: str, tokens: int) -> floa
         async for line in r.aiter_lines():
             if ttft is None and line.startswith("data: {"):
                 chunk = json.loads(line[6:])
-                if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                if any(_has_token(c.get("delta", {})) for c in chunk.get("choices", [])):
                     ttft = time.perf_counter() - started
     assert ttft is not None, "no content streamed"
     return ttft
+
+
+def _has_token(delta: dict) -> bool:
+    # Gemma 4's reasoning parser may put the first tokens in `reasoning`, not `content`.
+    return bool(delta.get("content") or delta.get("reasoning") or delta.get("tool_calls"))
 
 
 async def measure(base: str, concurrency: int, requests: int, tokens: int) -> Figures:

@@ -243,10 +243,18 @@ async def main() -> None:
         help="stream_batching_interval_ms values of the full stack to measure",
     )
     parser.add_argument("--settle-s", type=float, default=10.0)
+    parser.add_argument(
+        "--stack-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the full stack, e.g. Ray Serve flags",
+    )
     args = parser.parse_args()
 
     env = bench_env()
     checkpoint = tiny_checkpoint(env)
+    stack_env = env | dict(item.split("=", 1) for item in args.stack_env)
     workdir = ROOT / ".cache" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[int, Figures]] = {}
@@ -257,10 +265,11 @@ async def main() -> None:
     )
     for interval in args.intervals:
         port = free_port()
-        name = f"gemma-serve (batch {interval:g} ms)"
+        name = f"gemma-serve (batch {interval:g} ms{', ' if args.stack_env else ''}"
+        name += f"{' '.join(args.stack_env)})"
         results[name] = await run_target(
             name,
-            lambda p=port, i=interval: start_stack(p, env, i, workdir),
+            lambda p=port, i=interval: start_stack(p, stack_env, i, workdir),
             f"http://127.0.0.1:{port}",
             args,
         )

@@ -1,15 +1,16 @@
 """The pool deployment: Ray Serve LLM's `LLMServer` (one vLLM engine per replica), with
-stream batching that sends the first chunk at once.
+stream batching that sends the first token at once.
 
 Ray's Batcher waits a full interval (50 ms by default) before the first batch, which lands
 on time-to-first-token; with batching off every token crosses an actor boundary and
-throughput drops by a third (FACTS.md). Sending the first chunk immediately and batching
+throughput drops by a third (FACTS.md). Sending the first token immediately and batching
 the rest keeps both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
@@ -26,26 +27,55 @@ from service import context_budget
 T = TypeVar("T")
 
 
-class FirstChunkBatcher(Batcher[T]):
-    """Yields the first item alone, as soon as it exists; then batches every interval."""
+class FirstTokenBatcher(Batcher[T]):
+    """Passes chunks through one by one until one carries output, then batches every interval.
+
+    vLLM's chat stream opens with a role-only chunk; sending just that at once would still
+    hold the first token back for a full interval.
+    """
 
     async def stream(self) -> AsyncIterator[list[T]]:
         if self.interval_s == 0:
             async for item in super().stream():
                 yield item
             return
-        first = asyncio.ensure_future(self.queue.get())
-        done = asyncio.ensure_future(self.done_event.wait())
-        try:
-            await asyncio.wait({first, done}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            done.cancel()
-        if first.done():
-            yield [first.result()]
-        else:
-            first.cancel()
+        while True:
+            item = await self._next_or_none()
+            if item is None:
+                break
+            yield [item]
+            if carries_output(item):
+                break
         async for batch in super().stream():
             yield batch
+
+    async def _next_or_none(self) -> T | None:
+        """The next item, or None once the stream ended with nothing queued."""
+        next_item = asyncio.ensure_future(self.queue.get())
+        finished = asyncio.ensure_future(self.done_event.wait())
+        try:
+            await asyncio.wait({next_item, finished}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished.cancel()
+        if next_item.done():
+            return next_item.result()
+        next_item.cancel()
+        return None if self.queue.empty() else self.queue.get_nowait()
+
+
+def carries_output(item: Any) -> bool:
+    """Whether a stream chunk holds generated text (anything unrecognised counts as output)."""
+    if not isinstance(item, str) or not item.startswith("data: {"):
+        return True
+    try:
+        chunk = json.loads(item[len("data: ") :])
+    except json.JSONDecodeError:
+        return True
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if choice.get("text") or any(delta.get(k) for k in ("content", "reasoning", "tool_calls")):
+            return True
+    return "choices" not in chunk
 
 
 class PoolServer(LLMServer):
@@ -58,7 +88,7 @@ class PoolServer(LLMServer):
             self.engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
-        return FirstChunkBatcher(generator, interval_ms=self._get_batch_interval_ms()).stream()
+        return FirstTokenBatcher(generator, interval_ms=self._get_batch_interval_ms()).stream()
 
     async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
         max_tokens = context_budget.requested_output(request)

@@ -1,52 +1,61 @@
-"""Stream batching in the pool: the first chunk goes at once, the rest in batches."""
+"""Stream batching in the pool: chunks pass at once until the first token, then go batched."""
 
 import asyncio
+import json
 
-from service.pool import FirstChunkBatcher
+from service.pool import FirstTokenBatcher, carries_output
+
+ROLE = 'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
 
 
-async def tokens(n, gap_s):
-    for i in range(n):
+def token(i: int) -> str:
+    return f"data: {json.dumps({'choices': [{'index': 0, 'delta': {'content': str(i)}}]})}\n\n"
+
+
+async def chunks(items, gap_s=0.0):
+    for item in items:
         await asyncio.sleep(gap_s)
-        yield i
+        yield item
 
 
 async def collect(batcher):
     return [batch async for batch in batcher.stream()]
 
 
-async def test_first_chunk_is_not_held_for_the_batching_interval():
+async def test_first_token_is_not_held_for_the_batching_interval():
     loop = asyncio.get_running_loop()
     started = loop.time()
-    stream = FirstChunkBatcher(tokens(3, 0.0), interval_ms=10_000).stream()
-    first = await anext(stream)
-    assert first == [0]
+    stream = FirstTokenBatcher(chunks([ROLE, token(0), token(1)]), interval_ms=10_000).stream()
+    assert await anext(stream) == [ROLE]
+    assert await anext(stream) == [token(0)]
     assert loop.time() - started < 5  # far below the 10 s interval
     await stream.aclose()
 
 
 async def test_later_chunks_arrive_batched_and_none_is_lost():
-    batches = await collect(FirstChunkBatcher(tokens(20, 0.001), interval_ms=50))
-    assert batches[0] == [0]
-    assert [t for b in batches for t in b] == list(range(20))
-    assert len(batches) < 20
+    items = [ROLE] + [token(i) for i in range(20)]
+    batches = await collect(FirstTokenBatcher(chunks(items, 0.001), interval_ms=50))
+    assert batches[:2] == [[ROLE], [token(0)]]
+    assert [c for b in batches for c in b] == items
+    assert len(batches) < len(items)
 
 
 async def test_empty_stream_yields_nothing():
-    assert await collect(FirstChunkBatcher(tokens(0, 0), interval_ms=50)) == []
+    assert await collect(FirstTokenBatcher(chunks([]), interval_ms=50)) == []
 
 
 async def test_zero_interval_sends_every_chunk_alone():
-    assert await collect(FirstChunkBatcher(tokens(3, 0), interval_ms=0)) == [[0], [1], [2]]
+    items = [token(0), token(1)]
+    assert await collect(FirstTokenBatcher(chunks(items), interval_ms=0)) == [[i] for i in items]
 
 
 async def test_engine_error_reaches_the_caller():
     async def failing():
-        yield 1
+        yield token(1)
         raise RuntimeError("engine died")
 
-    stream = FirstChunkBatcher(failing(), interval_ms=10).stream()
-    assert await anext(stream) == [1]
+    stream = FirstTokenBatcher(failing(), interval_ms=10).stream()
+    assert await anext(stream) == [token(1)]
     try:
         async for _ in stream:
             pass
@@ -54,3 +63,21 @@ async def test_engine_error_reaches_the_caller():
         assert "engine died" in str(exc)
     else:
         raise AssertionError("the error was swallowed")
+
+
+def test_role_only_chunk_carries_no_output():
+    assert not carries_output(ROLE)
+
+
+def test_content_reasoning_tool_calls_and_text_carry_output():
+    assert carries_output(token(0))
+    reasoning = {"choices": [{"delta": {"reasoning": "hmm"}}]}
+    assert carries_output(f"data: {json.dumps(reasoning)}\n\n")
+    assert carries_output('data: {"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]}\n\n')
+    assert carries_output('data: {"choices": [{"index": 0, "text": "a"}]}\n\n')
+
+
+def test_errors_and_unknown_items_count_as_output():
+    assert carries_output('data: {"error": {"message": "x"}}\n\n')
+    assert carries_output("data: [DONE]\n\n")
+    assert carries_output(object())

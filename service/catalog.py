@@ -223,12 +223,30 @@ def deployment_config(pool: PoolSettings) -> dict[str, Any]:
     }
     if pool.replicas.initial is not None:
         autoscaling["initial_replicas"] = pool.replicas.initial
-    return {
+    config: dict[str, Any] = {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": pool.max_ongoing_requests,
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
     }
+    if prefix_affinity(pool):
+        config["request_router_config"] = {
+            "request_router_class": PREFIX_ROUTER,
+            # Ray's default spread is unbounded: affinity would pile work on one replica.
+            "request_router_kwargs": {
+                "imbalanced_threshold": pool.prefix_affinity_max_imbalance,
+                "do_eviction": True,
+            },
+        }
+    return config
+
+
+PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+
+
+def prefix_affinity(pool: PoolSettings) -> bool:
+    """On by default where it pays: GPU pools, whose KV caches are worth reusing."""
+    return pool.device == "gpu" if pool.prefix_affinity is None else pool.prefix_affinity
 
 
 def runtime_env(pool: PoolSettings) -> dict[str, Any]:

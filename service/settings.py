@@ -92,6 +92,12 @@ class PoolSettings(Strict):
     replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
     max_ongoing_requests: int = Field(64, ge=1)
     target_ongoing_requests: int = Field(32, ge=1)
+    prefix_affinity: bool | None = Field(
+        None, description="replica choice by prompt prefix, for KV-cache reuse; on for GPU pools"
+    )
+    prefix_affinity_max_imbalance: int = Field(
+        8, ge=1, description="queue-length spread above which affinity yields to load"
+    )
     stream_batching_interval_ms: float = Field(
         50.0, ge=0, description="after the first chunk, tokens are sent in batches this often"
     )
@@ -123,6 +129,38 @@ def embedded_pools() -> list[PoolSettings]:
     ]
 
 
+class MediaSettings(Strict):
+    max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, description="decoded, per image")
+    max_audio_bytes: int = Field(25 * 1024 * 1024, gt=0, description="decoded, per clip")
+    max_video_bytes: int = Field(50 * 1024 * 1024, gt=0, description="decoded, per video")
+    max_items_per_request: int = Field(16, ge=0, description="media parts of all kinds")
+    allow_remote_urls: bool = Field(False, description="http(s) media URLs; data: URLs always")
+
+
+class RoutingSettings(Strict):
+    steps: list[Literal["capability", "size_shape", "spill_over"]] = Field(
+        default_factory=lambda: ["capability", "size_shape", "spill_over"]
+    )
+    interactive_pool: str | None = Field(None, description="short requests; first MoE pool")
+    quality_pool: str | None = Field(None, description="long/tool/JSON requests; first dense pool")
+    long_prompt_tokens: int = Field(8192, ge=1)
+    long_output_tokens: int = Field(4096, ge=1)
+    dense_for_tools: bool = True
+    dense_for_structured_output: bool = True
+    quality_tiers: list[str] = Field(default_factory=lambda: ["quality"])
+    tier_header: str = Field("x-gemma-tier", description="request header naming a tier")
+    max_ongoing_per_replica: int = Field(48, ge=1)
+    max_queued_per_replica: int = Field(8, ge=0)
+    max_kv_usage: float = Field(0.95, gt=0, le=1)
+    stats_max_age_s: float = Field(10.0, gt=0)
+    stats_interval_s: float = Field(1.0, gt=0, description="how often engine stats are read")
+    retry_after_s: int = Field(2, ge=1)
+    bytes_per_token: float = Field(4.0, gt=0, description="prompt estimate: UTF-8 bytes per token")
+    default_max_tokens: int = Field(
+        512, ge=1, description="assumed output length when a request sets no max_tokens"
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -131,6 +169,8 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     pools: list[PoolSettings] = Field(default_factory=embedded_pools, min_length=1)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    media: MediaSettings = Field(default_factory=MediaSettings)
     cache_dir: Path = Field(
         Path("~/.cache/gemma-serve"), description="tiny checkpoints and other build products"
     )
@@ -157,6 +197,10 @@ class Settings(BaseSettings):
         clash = sorted(set(self.server.aliases) & set(ids))
         if clash:
             raise ValueError(f"server.aliases {clash} collide with pool ids")
+        for rule in ("interactive_pool", "quality_pool"):
+            named = getattr(self.routing, rule)
+            if named is not None and named not in ids:
+                raise ValueError(f"routing.{rule} '{named}' is not a pool id; pools: {ids}")
         if self.server.default_pool is not None and self.server.default_pool not in ids:
             raise ValueError(
                 f"server.default_pool '{self.server.default_pool}' is not a pool id; pools: {ids}"

@@ -26,7 +26,11 @@ from service.errors import (
 )
 from service.gateway.dispatch import PoolBackend, call_pool
 from service.gateway.models import ModelDirectory
+from service.gateway.multimodal import MediaLimits, check_pool_accepts, inspect_messages
 from service.gateway.requests import parse_as, read_json_object
+from service.routing.features import chat_features, completion_features
+from service.routing.load import LoadTracker
+from service.routing.setup import build_policy
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,26 +39,63 @@ Readiness = Callable[[], Awaitable[dict[str, bool]]]
 REQUEST_ID_HEADER = "x-request-id"
 
 
-def create_app(settings: Settings, backend: PoolBackend, readiness: Readiness) -> FastAPI:
+def create_app(
+    settings: Settings,
+    backend: PoolBackend,
+    readiness: Readiness,
+    loads: LoadTracker | None = None,
+) -> FastAPI:
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
     directory = ModelDirectory(settings)
+    policy = build_policy(settings)
+    loads = loads or LoadTracker([p.id for p in settings.pools])
+    media_limits = MediaLimits(**settings.media.model_dump())
+    routing = settings.routing
     _install_error_handlers(app)
 
     async def generate(request: Request, method: str, model_cls: type) -> Response:
         body = parse_as(model_cls, await read_json_object(request, settings.server.max_body_bytes))
-        pool_id = directory.resolve(body.model)
-        _check_max_tokens(body, catalog.max_model_len(settings.pool(pool_id)))
+        tier = request.headers.get(routing.tier_header)
+        if isinstance(body, ChatCompletionRequest):
+            media = inspect_messages(body.messages, media_limits)
+            features = chat_features(
+                body,
+                media.counts,
+                bytes_per_token=routing.bytes_per_token,
+                default_max_tokens=routing.default_max_tokens,
+                tier=tier,
+            )
+        else:
+            media = None
+            features = completion_features(
+                body,
+                bytes_per_token=routing.bytes_per_token,
+                default_max_tokens=routing.default_max_tokens,
+                tier=tier,
+            )
+        if directory.is_alias(body.model):
+            decision = policy.route(features, loads.snapshot())
+        else:
+            decision = policy.pin(directory.resolve(body.model), features)
+        pool = settings.pool(decision.pool_id)
+        if media is not None:
+            check_pool_accepts(
+                media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt
+            )
+        _check_max_tokens(body, catalog.max_model_len(pool))
         # vLLM answers only to its served id, and the response's `model` is the pool id.
-        body.model = pool_id
+        body.model = pool.id
         if isinstance(body, ChatCompletionRequest):
             body = _sanitize_chat_completion_request(body)
         return await call_pool(
             backend,
-            pool_id,
+            pool.id,
             method,
             body,
             timeout_s=settings.server.request_timeout_s,
             request_id=request.headers.get(REQUEST_ID_HEADER, ""),
+            headers={"x-routed-model": pool.id, "x-route-reason": decision.reason},
+            finish=loads.started(pool.id),
         )
 
     @app.post("/v1/chat/completions")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -10,9 +12,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from service.gateway.api import create_app
+from service.routing.load import LoadTracker
 from service.settings import Settings
 
-READINESS_CACHE_S = 1.0
+READINESS_MAX_AGE_S = 2.0
+log = logging.getLogger(__name__)
 
 
 class HandleBackend:
@@ -33,27 +37,39 @@ class Gateway:
         self._settings = settings
         self._backend = HandleBackend(pools)
         self._deployment_names = {pool_id: h.deployment_name for pool_id, h in pools.items()}
-        self._ready_at = 0.0
-        self._ready: dict[str, bool] = {}
+        self._loads = LoadTracker(list(pools))
+        self._replicas: dict[str, int] = {}
+        self._refreshed_at = 0.0
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._settings, self._backend, self._readiness)
+        self._refresher = asyncio.create_task(self._refresh_forever())
+        return create_app(self._settings, self._backend, self._readiness, self._loads)
+
+    async def _refresh_forever(self) -> None:
+        """Running replicas per pool, from the Serve controller: readiness and routing."""
+        while True:
+            try:
+                await self._refresh()
+            except Exception:  # the controller may be restarting; keep the last figures
+                log.warning("could not read pool replicas from Serve", exc_info=True)
+            await asyncio.sleep(self._settings.routing.stats_interval_s)
+
+    async def _refresh(self) -> None:
+        self._replicas = await asyncio.to_thread(_running_replicas, self._deployment_names)
+        self._loads.set_replicas(self._replicas)
+        self._refreshed_at = time.monotonic()
 
     async def _readiness(self) -> dict[str, bool]:
-        """Each pool has at least one running replica (from the Serve controller, cached)."""
-        now = time.monotonic()
-        if now - self._ready_at > READINESS_CACHE_S:
-            self._ready = _running_replicas(self._deployment_names)
-            self._ready_at = now
-        return self._ready
+        if time.monotonic() - self._refreshed_at > READINESS_MAX_AGE_S:
+            await self._refresh()
+        return {pool_id: self._replicas.get(pool_id, 0) > 0 for pool_id in self._deployment_names}
 
 
-def _running_replicas(deployment_names: dict[str, str]) -> dict[str, bool]:
+def _running_replicas(deployment_names: dict[str, str]) -> dict[str, int]:
     app_name = serve.get_replica_context().app_name
     status = serve.status().applications.get(app_name)
     deployments = status.deployments if status else {}
-    ready = {}
-    for pool_id, name in deployment_names.items():
-        replicas = deployments[name].replica_states if name in deployments else {}
-        ready[pool_id] = replicas.get("RUNNING", 0) > 0
-    return ready
+    return {
+        pool_id: deployments[name].replica_states.get("RUNNING", 0) if name in deployments else 0
+        for pool_id, name in deployment_names.items()
+    }

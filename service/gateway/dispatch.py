@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -48,7 +48,11 @@ async def call_pool(
     *,
     timeout_s: float,
     request_id: str,
+    headers: dict[str, str],
+    finish: Callable[[], None] = lambda: None,
 ) -> Response:
+    """The pool's answer as JSON or SSE; `finish` runs once the request is over, however
+    it ends (it keeps the gateway's in-flight count exact)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     responses = backend.stream(pool_id, method, request)
     try:
@@ -58,16 +62,17 @@ async def call_pool(
         _raise_if_error(item, request_id)
     except BaseException as exc:
         responses.cancel()
+        finish()
         raise _as_service_error(exc, timeout_s, request_id) from exc
 
-    headers = {"x-routed-model": pool_id}
     if isinstance(item, str):
         return StreamingResponse(
-            _sse(first, responses, deadline, timeout_s, request_id),
+            _sse(first, responses, deadline, timeout_s, request_id, finish),
             media_type="text/event-stream",
             headers=headers | {"Cache-Control": "no-cache"},
         )
     responses.cancel()
+    finish()
     return JSONResponse(item.model_dump(mode="json"), headers=headers)
 
 
@@ -93,7 +98,12 @@ def _as_service_error(exc: BaseException, timeout_s: float, request_id: str) -> 
 
 
 async def _sse(
-    first: Any, responses: ResponseStream, deadline: float, timeout_s: float, request_id: str
+    first: Any,
+    responses: ResponseStream,
+    deadline: float,
+    timeout_s: float,
+    request_id: str,
+    finish: Callable[[], None],
 ) -> AsyncIterator[str]:
     done = False
     try:
@@ -110,6 +120,7 @@ async def _sse(
     finally:
         # No-op when the stream finished; aborts the engine request when the client left.
         responses.cancel()
+        finish()
     if not done:
         yield DONE
 

@@ -20,6 +20,9 @@ class ModelDirectory:
     def ids(self) -> list[str]:
         return [*self._pools, *self._aliases]
 
+    def is_alias(self, model: str | None) -> bool:
+        return model in self._aliases
+
     def resolve(self, model: str | None) -> str:
         """The pool id for a requested model: an alias goes to the default pool,
         a pool id pins its pool."""

@@ -18,6 +18,10 @@ from service.tinymodels import build_tiny_checkpoints
 MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
 REQUEST_TIMEOUT_S = 120.0
 MAX_BODY_BYTES = 256 * 1024
+MAX_IMAGE_BYTES = 1024
+# Thresholds sized for the tiny 2048-token pools and their tokenizer (~2 bytes per token).
+LONG_PROMPT_TOKENS = 256
+MAX_ONGOING_PER_REPLICA = 2
 
 
 def pytest_collection_modifyitems(items):
@@ -60,7 +64,15 @@ def stack():
                     "request_timeout_s": REQUEST_TIMEOUT_S,
                     "max_body_bytes": MAX_BODY_BYTES,
                 }
-            )
+            ),
+            "routing": base.routing.model_copy(
+                update={
+                    "long_prompt_tokens": LONG_PROMPT_TOKENS,
+                    "bytes_per_token": 2.0,
+                    "max_ongoing_per_replica": MAX_ONGOING_PER_REPLICA,
+                }
+            ),
+            "media": base.media.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES}),
         }
     )
     build_tiny_checkpoints(settings.resolved_cache_dir)

@@ -105,3 +105,17 @@ def test_every_shipped_profile_builds_valid_llm_configs(name):
 def test_no_fp8_checkpoint_for_e4b_is_refused():
     with pytest.raises(ValueError, match="fp8-online"):
         PoolSettings(id="gemma-4-e4b-it", weights="fp8")
+
+
+def test_gpu_pools_route_by_prefix_with_a_load_guard():
+    config = catalog.deployment_config(PoolSettings(id="gemma-4-31b-it"))
+    router = config["request_router_config"]
+    assert router["request_router_class"].endswith("PrefixCacheAffinityRouter")
+    assert router["request_router_kwargs"]["imbalanced_threshold"] == 8
+
+
+def test_prefix_affinity_is_off_for_cpu_pools_unless_asked():
+    cpu = dict(id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu")
+    assert "request_router_config" not in catalog.deployment_config(PoolSettings(**cpu))
+    on = catalog.deployment_config(PoolSettings(**cpu, prefix_affinity=True))
+    assert "request_router_config" in on

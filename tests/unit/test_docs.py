@@ -4,7 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import PoolSettings, RaySettings, ReplicaSettings, ServerSettings, Settings
+from service.settings import (
+    MediaSettings,
+    PoolSettings,
+    RaySettings,
+    ReplicaSettings,
+    RoutingSettings,
+    ServerSettings,
+    Settings,
+)
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -17,6 +25,8 @@ DOCS = Path(__file__).parents[2] / "docs"
         (RaySettings, ""),
         (PoolSettings, ""),
         (ReplicaSettings, "replicas."),
+        (RoutingSettings, ""),
+        (MediaSettings, ""),
     ],
 )
 def test_every_setting_is_documented(model, prefix):

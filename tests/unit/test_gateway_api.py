@@ -285,3 +285,72 @@ async def test_ready_is_503_until_every_pool_has_a_replica(client, ready):
     response = await client.get("/ready")
     assert response.status_code == 503
     assert response.json()["pools"]["gemma-4-31b-it"] is False
+
+
+# routing ------------------------------------------------------------------------------
+
+PNG_1X1 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQ"
+    "GAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+async def test_short_requests_go_to_the_interactive_pool_with_the_reason(client):
+    response = await client.post(CHAT, json=chat_body())
+    assert response.headers["x-routed-model"] == "gemma-4-26b-a4b-it"
+    assert response.headers["x-route-reason"] == "size:short"
+
+
+async def test_tool_use_goes_to_the_quality_pool(client):
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    response = await client.post(CHAT, json=chat_body(tools=[tool]))
+    assert response.headers["x-routed-model"] == "gemma-4-31b-it"
+    assert response.headers["x-route-reason"] == "shape:tools"
+
+
+async def test_a_pinned_model_says_so(client):
+    response = await client.post(CHAT, json=chat_body("gemma-4-26b-a4b-it"))
+    assert response.headers["x-route-reason"] == "pinned"
+
+
+async def test_audio_with_no_audio_pool_is_400_saying_so(client, backend):
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}}
+    body = chat_body(messages=[{"role": "user", "content": [audio]}])
+    error = assert_openai_error(await client.post(CHAT, json=body), 400, "no_capable_model")
+    assert "no deployed model accepts audio input" in error["message"]
+    assert backend.calls == []
+
+
+async def test_image_to_a_text_only_pool_is_400_naming_the_pool(client, backend):
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_1X1}"}}
+    body = chat_body("gemma-4-31b-it", messages=[{"role": "user", "content": [image]}])
+    error = assert_openai_error(await client.post(CHAT, json=body), 400)
+    assert "'gemma-4-31b-it' does not accept image input" in error["message"]
+
+
+async def test_oversized_image_is_413_naming_the_part(backend, ready):
+    settings = Settings(media={"max_image_bytes": 10})
+    app = create_app(settings, backend, lambda: asyncio.sleep(0, ready))
+    image = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_1X1}"}}
+    body = chat_body(messages=[{"role": "user", "content": [image]}])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        error = assert_openai_error(await c.post(CHAT, json=body), 413)
+    assert "messages[0].content[0].image_url.url" in error["message"]
+
+
+async def test_a_saturated_pool_spills_over_and_both_saturated_is_503(backend, ready):
+    settings = Settings(routing={"max_ongoing_per_replica": 1})
+    app = create_app(settings, backend, lambda: asyncio.sleep(0, ready))
+    backend.script = lambda req: [["data: {}\n\n"]] * 20
+    backend.delay_s = 0.05
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        first = asyncio.create_task(c.post(CHAT, json=chat_body(stream=True)))
+        await asyncio.sleep(0.2)  # the first stream holds the interactive pool
+        second = asyncio.create_task(c.post(CHAT, json=chat_body(stream=True)))
+        await asyncio.sleep(0.2)
+        third = await c.post(CHAT, json=chat_body())
+        first_response, second_response = await first, await second
+    assert first_response.headers["x-routed-model"] == "gemma-4-26b-a4b-it"
+    assert second_response.headers["x-routed-model"] == "gemma-4-31b-it"
+    assert second_response.headers["x-route-reason"] == "spill:saturated"
+    assert third.status_code == 503 and third.headers["retry-after"] == "2"

@@ -91,3 +91,13 @@ def test_non_mapping_yaml_is_a_config_error(tmp_path):
 
 def test_empty_file_means_defaults(tmp_path):
     assert load_settings(write(tmp_path, "")) == Settings()
+
+
+def test_a_routing_rule_naming_an_unknown_pool_fails_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="routing.quality_pool 'gemma-4-70b'"):
+        load_settings(write(tmp_path, "routing: {quality_pool: gemma-4-70b}\n"))
+
+
+def test_an_unknown_routing_step_fails_at_start(tmp_path):
+    with pytest.raises(ConfigError, match="routing.steps.0"):
+        load_settings(write(tmp_path, "routing: {steps: [coin_flip]}\n"))

@@ -1,0 +1,213 @@
+"""The routing policy: named steps, each a small function testable alone.
+
+1. `capability`: keep pools that accept every modality of the request and whose context holds
+   prompt + max_tokens (by estimate; the pool's exact count has the last word).
+2. `size_shape`: order the eligible pools by preference: long prompts, tool use, structured
+   output or a quality tier prefer the dense pool; short interactive requests the MoE pool.
+3. `spill_over`: take the first preferred pool that is not saturated; when all are, refuse
+   with 503 rather than queue without bound.
+
+A step that is left out of `routing.steps` passes its input through. Every decision carries
+the reason of the step that decided it (`x-route-reason`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from service.catalog import Modality
+from service.errors import InvalidRequest, ServiceUnavailable
+from service.routing.features import RequestFeatures
+
+StepName = Literal["capability", "size_shape", "spill_over"]
+STEP_NAMES: tuple[StepName, ...] = ("capability", "size_shape", "spill_over")
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    id: str
+    architecture: Literal["dense", "moe"]
+    modalities: frozenset[Modality]
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class PoolLoad:
+    """Live load of one pool; `age_s` is how old the newest figure is."""
+
+    replicas: int
+    ongoing: int  # requests sent to the pool and not finished (running + queued)
+    queued: int = 0
+    kv_usage: float = 0.0
+    age_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    interactive_pool: str = ""  # where short requests go (the MoE pool by default)
+    quality_pool: str = ""  # where long, tool or structured requests go (the dense pool)
+    long_prompt_tokens: int = 8192
+    long_output_tokens: int = 4096
+    dense_for_tools: bool = True
+    dense_for_structured_output: bool = True
+    quality_tiers: frozenset[str] = frozenset({"quality"})
+    max_ongoing_per_replica: int = 48
+    max_queued_per_replica: int = 8
+    max_kv_usage: float = 0.95
+    stats_max_age_s: float = 10.0
+    retry_after_s: int = 2
+
+
+@dataclass(frozen=True)
+class Decision:
+    pool_id: str
+    reason: str
+
+
+class NoCapablePool(InvalidRequest):
+    code = "no_capable_model"
+
+
+class AllSaturated(ServiceUnavailable):
+    pass
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What flows between steps: pools in order of preference and why the first leads."""
+
+    pools: tuple[PoolInfo, ...]
+    reason: str
+
+
+Step = Callable[[RequestFeatures, Candidates, Mapping[str, PoolLoad], Thresholds], Candidates]
+
+
+def capability(
+    features: RequestFeatures,
+    candidates: Candidates,
+    loads: Mapping[str, PoolLoad],
+    thresholds: Thresholds,
+) -> Candidates:
+    missing = sorted(
+        m for m in features.modalities if not any(m in p.modalities for p in candidates.pools)
+    )
+    if missing:
+        kinds = " and ".join(str(m) for m in missing)
+        raise NoCapablePool(
+            f"no deployed model accepts {kinds} input; deployed: "
+            + ", ".join(f"{p.id} ({'+'.join(sorted(p.modalities))})" for p in candidates.pools),
+            param="messages",
+        )
+    modal = [p for p in candidates.pools if features.modalities <= p.modalities]
+    fitting = [p for p in modal if features.total_tokens <= p.max_model_len]
+    if not fitting:
+        # The prompt size is an estimate: send the request where it has the most room and
+        # let that pool's exact count answer 400 with the real numbers if it does not fit.
+        largest = max(p.max_model_len for p in modal)
+        widest = tuple(p for p in modal if p.max_model_len == largest)
+        return Candidates(widest, "context:largest")
+    media = sorted(features.modalities - {Modality.TEXT})
+    if len(fitting) == len(candidates.pools):
+        return Candidates(tuple(fitting), candidates.reason)
+    if media and len(modal) < len(candidates.pools):
+        return Candidates(tuple(fitting), f"modality:{media[0]}")
+    return Candidates(tuple(fitting), "context:long-request")
+
+
+def size_shape(
+    features: RequestFeatures,
+    candidates: Candidates,
+    loads: Mapping[str, PoolLoad],
+    thresholds: Thresholds,
+) -> Candidates:
+    if len(candidates.pools) < 2:
+        return candidates
+    wants_quality, reason = _shape(features, thresholds)
+    preferred = thresholds.quality_pool if wants_quality else thresholds.interactive_pool
+    ordered = sorted(candidates.pools, key=lambda p: p.id != preferred)
+    if ordered[0].id != preferred:
+        return candidates
+    return Candidates(tuple(ordered), reason)
+
+
+def _shape(features: RequestFeatures, t: Thresholds) -> tuple[bool, str]:
+    if features.tier in t.quality_tiers:
+        return True, f"tier:{features.tier}"
+    if features.prompt_tokens >= t.long_prompt_tokens:
+        return True, "size:long-prompt"
+    if features.max_tokens >= t.long_output_tokens:
+        return True, "size:long-output"
+    if features.uses_tools and t.dense_for_tools:
+        return True, "shape:tools"
+    if features.structured_output and t.dense_for_structured_output:
+        return True, "shape:structured-output"
+    return False, "size:short"
+
+
+def spill_over(
+    features: RequestFeatures,
+    candidates: Candidates,
+    loads: Mapping[str, PoolLoad],
+    thresholds: Thresholds,
+) -> Candidates:
+    for index, pool in enumerate(candidates.pools):
+        if not is_saturated(loads.get(pool.id), thresholds):
+            if index == 0:
+                return candidates
+            rest = candidates.pools[:index] + candidates.pools[index + 1 :]
+            return Candidates((pool, *rest), "spill:saturated")
+    raise AllSaturated(
+        "every model that can serve this request is at capacity ("
+        + ", ".join(p.id for p in candidates.pools)
+        + "); retry shortly",
+        retry_after_s=thresholds.retry_after_s,
+    )
+
+
+def is_saturated(load: PoolLoad | None, t: Thresholds) -> bool:
+    """Stale or missing figures never saturate a pool: routing fails open, not closed."""
+    if load is None or load.age_s > t.stats_max_age_s:
+        return False
+    if load.replicas == 0:
+        return False  # scaled to zero: the request wakes it up
+    return (
+        load.ongoing >= t.max_ongoing_per_replica * load.replicas
+        or load.queued >= t.max_queued_per_replica * load.replicas
+        or load.kv_usage >= t.max_kv_usage
+    )
+
+
+STEPS: dict[StepName, Step] = {
+    "capability": capability,
+    "size_shape": size_shape,
+    "spill_over": spill_over,
+}
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    pools: tuple[PoolInfo, ...]
+    steps: tuple[StepName, ...] = STEP_NAMES
+    thresholds: Thresholds = Thresholds()
+
+    def route(self, features: RequestFeatures, loads: Mapping[str, PoolLoad]) -> Decision:
+        """Choose among all pools (the request named an alias)."""
+        candidates = Candidates(self.pools, "default")
+        for name in self.steps:
+            candidates = STEPS[name](features, candidates, loads, self.thresholds)
+        return Decision(candidates.pools[0].id, candidates.reason)
+
+    def pin(self, pool_id: str, features: RequestFeatures) -> Decision:
+        """A concrete model id: that pool or an error, never another pool."""
+        pool = next(p for p in self.pools if p.id == pool_id)
+        missing = sorted(features.modalities - pool.modalities)
+        if missing:
+            raise NoCapablePool(
+                f"the model '{pool_id}' does not accept {' and '.join(missing)} input "
+                f"(it takes {', '.join(sorted(pool.modalities))})",
+                param="messages",
+            )
+        return Decision(pool_id, "pinned")

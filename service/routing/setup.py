@@ -1,0 +1,39 @@
+"""The routing policy, built once from settings."""
+
+from __future__ import annotations
+
+from service import catalog
+from service.routing.policy import PoolInfo, RoutingPolicy, Thresholds
+from service.settings import Settings
+
+
+def build_policy(settings: Settings) -> RoutingPolicy:
+    pools = tuple(
+        PoolInfo(
+            id=p.id,
+            architecture=catalog.facts(p).architecture,
+            modalities=catalog.modalities(p),
+            max_model_len=catalog.max_model_len(p),
+        )
+        for p in settings.pools
+    )
+    r = settings.routing
+    thresholds = Thresholds(
+        interactive_pool=r.interactive_pool or _first(pools, "moe"),
+        quality_pool=r.quality_pool or _first(pools, "dense"),
+        long_prompt_tokens=r.long_prompt_tokens,
+        long_output_tokens=r.long_output_tokens,
+        dense_for_tools=r.dense_for_tools,
+        dense_for_structured_output=r.dense_for_structured_output,
+        quality_tiers=frozenset(r.quality_tiers),
+        max_ongoing_per_replica=r.max_ongoing_per_replica,
+        max_queued_per_replica=r.max_queued_per_replica,
+        max_kv_usage=r.max_kv_usage,
+        stats_max_age_s=r.stats_max_age_s,
+        retry_after_s=r.retry_after_s,
+    )
+    return RoutingPolicy(pools=pools, steps=tuple(r.steps), thresholds=thresholds)
+
+
+def _first(pools: tuple[PoolInfo, ...], architecture: str) -> str:
+    return next((p.id for p in pools if p.architecture == architecture), pools[0].id)

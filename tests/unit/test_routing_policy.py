@@ -1,0 +1,177 @@
+"""The routing policy: each step alone, then whole decisions on a table of requests."""
+
+import pytest
+
+from service.catalog import Modality
+from service.routing.features import RequestFeatures
+from service.routing.policy import (
+    AllSaturated,
+    Candidates,
+    NoCapablePool,
+    PoolInfo,
+    PoolLoad,
+    RoutingPolicy,
+    Thresholds,
+    capability,
+    is_saturated,
+    size_shape,
+    spill_over,
+)
+
+TEXT = frozenset({Modality.TEXT})
+VISUAL = frozenset({Modality.TEXT, Modality.IMAGE, Modality.VIDEO})
+AUDIO = VISUAL | {Modality.AUDIO}
+
+MOE = PoolInfo("moe", "moe", VISUAL, 262144)
+DENSE = PoolInfo("dense", "dense", VISUAL, 262144)
+SMALL = PoolInfo("e4b", "dense", AUDIO, 131072)
+RULES = Thresholds(interactive_pool="moe", quality_pool="dense", max_ongoing_per_replica=4)
+BOTH = Candidates((MOE, DENSE), "default")
+IDLE: dict[str, PoolLoad] = {}
+
+
+def request(prompt=200, out=100, modalities=TEXT, **shape) -> RequestFeatures:
+    return RequestFeatures(
+        modalities=frozenset(modalities), prompt_tokens=prompt, max_tokens=out, **shape
+    )
+
+
+def busy(ongoing=4, replicas=1, **extra) -> PoolLoad:
+    return PoolLoad(replicas=replicas, ongoing=ongoing, **extra)
+
+
+# capability ---------------------------------------------------------------------------
+
+
+def test_capability_keeps_every_pool_for_plain_text():
+    assert capability(request(), BOTH, IDLE, RULES) == BOTH
+
+
+def test_capability_sends_audio_only_where_audio_is_accepted():
+    out = capability(
+        request(modalities={Modality.TEXT, Modality.AUDIO}),
+        Candidates((MOE, DENSE, SMALL), "default"),
+        IDLE,
+        RULES,
+    )
+    assert out == Candidates((SMALL,), "modality:audio")
+
+
+def test_capability_refuses_audio_when_no_pool_takes_it():
+    with pytest.raises(NoCapablePool) as err:
+        capability(request(modalities={Modality.TEXT, Modality.AUDIO}), BOTH, IDLE, RULES)
+    assert err.value.status == 400
+    assert "no deployed model accepts audio input" in err.value.message
+
+
+def test_capability_drops_pools_whose_context_is_too_small():
+    out = capability(request(prompt=140_000), Candidates((SMALL, DENSE), "default"), IDLE, RULES)
+    assert out == Candidates((DENSE,), "context:long-request")
+
+
+def test_capability_fails_open_to_the_largest_context_when_nothing_fits_by_estimate():
+    out = capability(request(prompt=300_000), Candidates((SMALL, DENSE), "default"), IDLE, RULES)
+    assert out == Candidates((DENSE,), "context:largest")
+
+
+# size_shape ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("features", "pool", "reason"),
+    [
+        (request(prompt=300, out=200), "moe", "size:short"),
+        (request(prompt=20_000), "dense", "size:long-prompt"),
+        (request(out=6000), "dense", "size:long-output"),
+        (request(uses_tools=True), "dense", "shape:tools"),
+        (request(structured_output=True), "dense", "shape:structured-output"),
+        (request(tier="quality"), "dense", "tier:quality"),
+    ],
+)
+def test_size_shape_prefers_the_pool_that_fits_the_request(features, pool, reason):
+    out = size_shape(features, BOTH, IDLE, RULES)
+    assert (out.pools[0].id, out.reason) == (pool, reason)
+    assert len(out.pools) == 2  # the other pool stays as a fallback
+
+
+def test_size_shape_keeps_tools_on_moe_when_configured():
+    rules = Thresholds(interactive_pool="moe", quality_pool="dense", dense_for_tools=False)
+    assert size_shape(request(uses_tools=True), BOTH, IDLE, rules).pools[0].id == "moe"
+
+
+def test_size_shape_leaves_a_single_candidate_alone():
+    single = Candidates((DENSE,), "modality:image")
+    assert size_shape(request(), single, IDLE, RULES) == single
+
+
+# spill_over ---------------------------------------------------------------------------
+
+
+def test_spill_over_keeps_the_preferred_pool_when_it_has_room():
+    assert spill_over(request(), BOTH, {"moe": busy(ongoing=3)}, RULES) == BOTH
+
+
+def test_spill_over_moves_to_the_next_pool_when_the_preferred_is_saturated():
+    out = spill_over(request(), BOTH, {"moe": busy(ongoing=4)}, RULES)
+    assert (out.pools[0].id, out.reason) == ("dense", "spill:saturated")
+
+
+def test_spill_over_refuses_with_503_when_every_pool_is_saturated():
+    with pytest.raises(AllSaturated) as err:
+        spill_over(request(), BOTH, {"moe": busy(), "dense": busy()}, RULES)
+    assert err.value.status == 503
+    assert err.value.headers() == {"Retry-After": "2"}
+
+
+@pytest.mark.parametrize(
+    ("load", "saturated"),
+    [
+        (None, False),
+        (busy(ongoing=3), False),
+        (busy(ongoing=4), True),
+        (busy(ongoing=7, replicas=2), False),
+        (busy(ongoing=0, queued=8), True),
+        (busy(ongoing=0, kv_usage=0.97), True),
+        (busy(ongoing=100, age_s=60), False),  # stale figures never saturate
+        (busy(ongoing=100, replicas=0), False),  # scaled to zero: the request wakes it
+    ],
+)
+def test_saturation(load, saturated):
+    assert is_saturated(load, RULES) is saturated
+
+
+# whole decisions ----------------------------------------------------------------------
+
+POLICY = RoutingPolicy(pools=(MOE, DENSE, SMALL), thresholds=RULES)
+
+
+@pytest.mark.parametrize(
+    ("features", "loads", "pool", "reason"),
+    [
+        (request(), IDLE, "moe", "size:short"),
+        (request(prompt=30_000), IDLE, "dense", "size:long-prompt"),
+        (request(prompt=150_000), IDLE, "dense", "size:long-prompt"),
+        (request(modalities={Modality.TEXT, Modality.AUDIO}), IDLE, "e4b", "modality:audio"),
+        (request(modalities={Modality.TEXT, Modality.IMAGE}), IDLE, "moe", "size:short"),
+        (request(uses_tools=True), IDLE, "dense", "shape:tools"),
+        (request(), {"moe": busy()}, "dense", "spill:saturated"),
+        (request(uses_tools=True), {"dense": busy()}, "moe", "spill:saturated"),
+    ],
+)
+def test_policy_decisions(features, loads, pool, reason):
+    decision = POLICY.route(features, loads)
+    assert (decision.pool_id, decision.reason) == (pool, reason)
+
+
+def test_steps_left_out_are_skipped():
+    filter_only = RoutingPolicy(pools=(MOE, DENSE), steps=("capability",), thresholds=RULES)
+    assert filter_only.route(request(prompt=30_000), IDLE).pool_id == "moe"
+
+
+def test_a_pinned_pool_is_never_swapped_even_when_saturated():
+    assert POLICY.pin("moe", request(prompt=30_000)).pool_id == "moe"
+
+
+def test_a_pinned_pool_refuses_input_it_cannot_take():
+    with pytest.raises(NoCapablePool, match="'dense' does not accept audio"):
+        POLICY.pin("dense", request(modalities={Modality.TEXT, Modality.AUDIO}))

@@ -30,6 +30,7 @@ from service.gateway.multimodal import MediaLimits, check_pool_accepts, inspect_
 from service.gateway.requests import parse_as, read_json_object
 from service.routing.features import chat_features, completion_features
 from service.routing.load import LoadTracker
+from service.routing.policy import Decision
 from service.routing.setup import build_policy
 from service.settings import Settings
 
@@ -44,6 +45,7 @@ def create_app(
     backend: PoolBackend,
     readiness: Readiness,
     loads: LoadTracker | None = None,
+    on_decision: Callable[[Decision], None] = lambda decision: None,
 ) -> FastAPI:
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
     directory = ModelDirectory(settings)
@@ -77,11 +79,10 @@ def create_app(
             decision = policy.route(features, loads.snapshot())
         else:
             decision = policy.pin(directory.resolve(body.model), features)
+        on_decision(decision)
         pool = settings.pool(decision.pool_id)
         if media is not None:
-            check_pool_accepts(
-                media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt
-            )
+            check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
         _check_max_tokens(body, catalog.max_model_len(pool))
         # vLLM answers only to its served id, and the response's `model` is the pool id.
         body.model = pool.id

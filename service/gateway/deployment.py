@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter
 
 from service.gateway.api import create_app
 from service.routing.load import LoadTracker
@@ -43,7 +44,18 @@ class Gateway:
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         self._refresher = asyncio.create_task(self._refresh_forever())
-        return create_app(self._settings, self._backend, self._readiness, self._loads)
+        decisions = Counter(
+            "gemma_serve_route_decisions",
+            description="Requests routed, by the pool chosen and the rule that chose it.",
+            tag_keys=("pool", "reason"),
+        )
+        return create_app(
+            self._settings,
+            self._backend,
+            self._readiness,
+            self._loads,
+            on_decision=lambda d: decisions.inc(tags={"pool": d.pool_id, "reason": d.reason}),
+        )
 
     async def _refresh_forever(self) -> None:
         """Running replicas per pool, from the Serve controller: readiness and routing."""

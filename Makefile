@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run build-tiny test test-unit test-integration lint bench clean
+.PHONY: install run build-tiny test test-unit test-integration lint bench bench-routing clean
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ lint: $(STAMP)
 
 bench: $(STAMP) build-tiny
 	$(BIN)/python benchmarks/gateway_overhead.py
+
+# A simulation (cost model, no GPU): prints the table, writes benchmarks/results/routing_sim.png.
+bench-routing: $(STAMP)
+	$(BIN)/python benchmarks/routing_sim.py
 
 clean:
 	rm -rf $(VENV) $(CACHE)

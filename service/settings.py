@@ -143,7 +143,9 @@ class RoutingSettings(Strict):
     )
     interactive_pool: str | None = Field(None, description="short requests; first MoE pool")
     quality_pool: str | None = Field(None, description="long/tool/JSON requests; first dense pool")
-    long_prompt_tokens: int = Field(8192, ge=1)
+    long_prompt_tokens: int | None = Field(
+        None, ge=1, description="prompts this long prefer the quality pool; unset: never"
+    )
     long_output_tokens: int = Field(4096, ge=1)
     dense_for_tools: bool = True
     dense_for_structured_output: bool = True

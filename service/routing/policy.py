@@ -2,8 +2,9 @@
 
 1. `capability`: keep pools that accept every modality of the request and whose context holds
    prompt + max_tokens (by estimate; the pool's exact count has the last word).
-2. `size_shape`: order the eligible pools by preference: long prompts, tool use, structured
-   output or a quality tier prefer the dense pool; short interactive requests the MoE pool.
+2. `size_shape`: order the eligible pools by preference: a quality tier, long outputs, tool
+   use, structured output (and long prompts, when configured) prefer the dense pool; the rest
+   the MoE pool.
 3. `spill_over`: take the first preferred pool that is not saturated; when all are, refuse
    with 503 rather than queue without bound.
 
@@ -48,7 +49,9 @@ class PoolLoad:
 class Thresholds:
     interactive_pool: str = ""  # where short requests go (the MoE pool by default)
     quality_pool: str = ""  # where long, tool or structured requests go (the dense pool)
-    long_prompt_tokens: int = 8192
+    # Unset by default: by the fleet cost model a long prefill costs ~3x more on the dense
+    # pool, so sending long prompts there trades latency for quality (docs/routing.md).
+    long_prompt_tokens: int | None = None
     long_output_tokens: int = 4096
     dense_for_tools: bool = True
     dense_for_structured_output: bool = True
@@ -136,7 +139,7 @@ def size_shape(
 def _shape(features: RequestFeatures, t: Thresholds) -> tuple[bool, str]:
     if features.tier in t.quality_tiers:
         return True, f"tier:{features.tier}"
-    if features.prompt_tokens >= t.long_prompt_tokens:
+    if t.long_prompt_tokens is not None and features.prompt_tokens >= t.long_prompt_tokens:
         return True, "size:long-prompt"
     if features.max_tokens >= t.long_output_tokens:
         return True, "size:long-output"
@@ -144,7 +147,7 @@ def _shape(features: RequestFeatures, t: Thresholds) -> tuple[bool, str]:
         return True, "shape:tools"
     if features.structured_output and t.dense_for_structured_output:
         return True, "shape:structured-output"
-    return False, "size:short"
+    return False, "shape:interactive"
 
 
 def spill_over(

@@ -33,7 +33,7 @@ def routed(response):
 @pytest.mark.parametrize(
     ("request_fields", "pool", "reason"),
     [
-        ({}, MOE, "size:short"),
+        ({}, MOE, "shape:interactive"),
         ({"content": "word " * 200}, DENSE, "size:long-prompt"),
         ({"tools": [TOOL]}, DENSE, "shape:tools"),
         ({"response_format": SCHEMA}, DENSE, "shape:structured-output"),

@@ -298,7 +298,7 @@ PNG_1X1 = (
 async def test_short_requests_go_to_the_interactive_pool_with_the_reason(client):
     response = await client.post(CHAT, json=chat_body())
     assert response.headers["x-routed-model"] == "gemma-4-26b-a4b-it"
-    assert response.headers["x-route-reason"] == "size:short"
+    assert response.headers["x-route-reason"] == "shape:interactive"
 
 
 async def test_tool_use_goes_to_the_quality_pool(client):

@@ -25,7 +25,9 @@ AUDIO = VISUAL | {Modality.AUDIO}
 MOE = PoolInfo("moe", "moe", VISUAL, 262144)
 DENSE = PoolInfo("dense", "dense", VISUAL, 262144)
 SMALL = PoolInfo("e4b", "dense", AUDIO, 131072)
-RULES = Thresholds(interactive_pool="moe", quality_pool="dense", max_ongoing_per_replica=4)
+RULES = Thresholds(
+    interactive_pool="moe", quality_pool="dense", long_prompt_tokens=8192, max_ongoing_per_replica=4
+)
 BOTH = Candidates((MOE, DENSE), "default")
 IDLE: dict[str, PoolLoad] = {}
 
@@ -80,7 +82,7 @@ def test_capability_fails_open_to_the_largest_context_when_nothing_fits_by_estim
 @pytest.mark.parametrize(
     ("features", "pool", "reason"),
     [
-        (request(prompt=300, out=200), "moe", "size:short"),
+        (request(prompt=300, out=200), "moe", "shape:interactive"),
         (request(prompt=20_000), "dense", "size:long-prompt"),
         (request(out=6000), "dense", "size:long-output"),
         (request(uses_tools=True), "dense", "shape:tools"),
@@ -92,6 +94,12 @@ def test_size_shape_prefers_the_pool_that_fits_the_request(features, pool, reaso
     out = size_shape(features, BOTH, IDLE, RULES)
     assert (out.pools[0].id, out.reason) == (pool, reason)
     assert len(out.pools) == 2  # the other pool stays as a fallback
+
+
+def test_long_prompts_stay_on_the_interactive_pool_by_default():
+    rules = Thresholds(interactive_pool="moe", quality_pool="dense")
+    out = size_shape(request(prompt=100_000), BOTH, IDLE, rules)
+    assert (out.pools[0].id, out.reason) == ("moe", "shape:interactive")
 
 
 def test_size_shape_keeps_tools_on_moe_when_configured():
@@ -148,11 +156,11 @@ POLICY = RoutingPolicy(pools=(MOE, DENSE, SMALL), thresholds=RULES)
 @pytest.mark.parametrize(
     ("features", "loads", "pool", "reason"),
     [
-        (request(), IDLE, "moe", "size:short"),
+        (request(), IDLE, "moe", "shape:interactive"),
         (request(prompt=30_000), IDLE, "dense", "size:long-prompt"),
         (request(prompt=150_000), IDLE, "dense", "size:long-prompt"),
         (request(modalities={Modality.TEXT, Modality.AUDIO}), IDLE, "e4b", "modality:audio"),
-        (request(modalities={Modality.TEXT, Modality.IMAGE}), IDLE, "moe", "size:short"),
+        (request(modalities={Modality.TEXT, Modality.IMAGE}), IDLE, "moe", "shape:interactive"),
         (request(uses_tools=True), IDLE, "dense", "shape:tools"),
         (request(), {"moe": busy()}, "dense", "spill:saturated"),
         (request(uses_tools=True), {"dense": busy()}, "moe", "spill:saturated"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm.openai_api_models import ErrorResponse
+from vllm.v1.metrics.loggers import StatLoggerBase
 
 from service import context_budget
 
@@ -78,9 +80,32 @@ def carries_output(item: Any) -> bool:
     return "choices" not in chunk
 
 
+class SchedulerStatsProbe(StatLoggerBase):
+    """Keeps the engine's latest scheduler figures for routing (queue and KV-cache usage)."""
+
+    def __init__(self, vllm_config: Any = None, engine_index: int = 0):
+        self.running = self.waiting = 0
+        self.kv_cache_usage = 0.0
+        self.at: float | None = None
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any, **kwargs: Any) -> None:
+        if scheduler_stats is not None:
+            self.running = scheduler_stats.num_running_reqs
+            self.waiting = scheduler_stats.num_waiting_reqs
+            self.kv_cache_usage = scheduler_stats.kv_cache_usage
+            self.at = time.monotonic()
+
+    def log_engine_initialized(self) -> None:
+        pass
+
+
 class PoolServer(LLMServer):
     async def start(self) -> None:
         await super().start()
+        self._stats = SchedulerStatsProbe()
+        manager = getattr(getattr(self.engine, "_engine_client", None), "logger_manager", None)
+        if manager is not None:  # present whenever engine metrics are on (our default)
+            manager.stat_loggers.append(self._stats)
         # Ray 2.60 looks vLLM's tokenizer service up under its pre-0.32 name and finds
         # nothing, which breaks tokenize (and our context check). Wire it by its new name.
         if getattr(self.engine, "_oai_serving_tokenization", False) is None:
@@ -152,10 +177,17 @@ class PoolServer(LLMServer):
         )
 
     async def engine_load(self) -> dict[str, Any]:
-        """Requests this replica's engine holds (running or waiting)."""
+        """This replica's engine load: requests held, and the scheduler's latest figures
+        with their age (None when the engine has reported none yet)."""
         client = getattr(self.engine, "_engine_client", None)
-        unfinished = client.get_num_unfinished_requests() if client is not None else 0
-        return {"unfinished_requests": unfinished}
+        stats = self._stats
+        return {
+            "unfinished_requests": client.get_num_unfinished_requests() if client else 0,
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "kv_cache_usage": stats.kv_cache_usage,
+            "age_s": None if stats.at is None else time.monotonic() - stats.at,
+        }
 
 
 async def _single(item: Any) -> AsyncIterator[Any]:

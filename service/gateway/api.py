@@ -50,7 +50,7 @@ def create_app(
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
     directory = ModelDirectory(settings)
     policy = build_policy(settings)
-    loads = loads or LoadTracker([p.id for p in settings.pools])
+    loads = loads or LoadTracker([p.id for p in settings.pools], settings.routing.stats_max_age_s)
     media_limits = MediaLimits(**settings.media.model_dump())
     routing = settings.routing
     _install_error_handlers(app)

@@ -13,10 +13,12 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter
 
 from service.gateway.api import create_app
-from service.routing.load import LoadTracker
+from service.routing.load import EngineSample, LoadTracker
 from service.settings import Settings
 
 READINESS_MAX_AGE_S = 2.0
+# A replica at its max_ongoing_requests answers late; its in-flight count says enough then.
+ENGINE_SAMPLE_TIMEOUT_S = 1.0
 log = logging.getLogger(__name__)
 
 
@@ -37,8 +39,9 @@ class Gateway:
     def __init__(self, settings: Settings, pools: dict[str, DeploymentHandle]):
         self._settings = settings
         self._backend = HandleBackend(pools)
+        self._pools = pools
         self._deployment_names = {pool_id: h.deployment_name for pool_id, h in pools.items()}
-        self._loads = LoadTracker(list(pools))
+        self._loads = LoadTracker(list(pools), settings.routing.stats_max_age_s)
         self._replicas: dict[str, int] = {}
         self._refreshed_at = 0.0
 
@@ -70,6 +73,21 @@ class Gateway:
         self._replicas = await asyncio.to_thread(_running_replicas, self._deployment_names)
         self._loads.set_replicas(self._replicas)
         self._refreshed_at = time.monotonic()
+        await asyncio.gather(*(self._sample_engine(p) for p in self._pools))
+
+    async def _sample_engine(self, pool_id: str) -> None:
+        """One replica's scheduler figures; a slow or failed answer just leaves them stale."""
+        try:
+            load = await asyncio.wait_for(
+                self._pools[pool_id].engine_load.remote(), ENGINE_SAMPLE_TIMEOUT_S
+            )
+        except Exception:
+            return
+        if load["age_s"] is not None:
+            at = time.monotonic() - load["age_s"]
+            self._loads.set_engine(
+                pool_id, EngineSample(load["waiting"], load["kv_cache_usage"], at)
+            )
 
     async def _readiness(self) -> dict[str, bool]:
         if time.monotonic() - self._refreshed_at > READINESS_MAX_AGE_S:

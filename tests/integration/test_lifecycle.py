@@ -106,3 +106,13 @@ async def test_bad_requests_do_not_disturb_a_stream_in_flight(aclient, stack):
     finish, statuses = await asyncio.gather(good_stream(), bad_requests())
     assert finish == "length"
     assert statuses == [400, 404, 400, 400]
+
+
+def test_pools_report_their_scheduler_figures_for_routing(stack, client):
+    client.chat.completions.create(
+        model=MOE, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    load = stack.pool_handle(MOE).engine_load.remote().result()
+    assert load["age_s"] is not None and load["age_s"] >= 0
+    assert 0.0 <= load["kv_cache_usage"] <= 1.0
+    assert load["waiting"] >= 0 and load["running"] >= 0

@@ -81,3 +81,17 @@ def test_errors_and_unknown_items_count_as_output():
     assert carries_output('data: {"error": {"message": "x"}}\n\n')
     assert carries_output("data: [DONE]\n\n")
     assert carries_output(object())
+
+
+def test_the_stats_probe_keeps_the_latest_scheduler_figures():
+    from types import SimpleNamespace
+
+    from service.pool import SchedulerStatsProbe
+
+    probe = SchedulerStatsProbe()
+    assert probe.at is None
+    stats = SimpleNamespace(num_running_reqs=3, num_waiting_reqs=2, kv_cache_usage=0.25)
+    probe.record(stats, None, engine_idx=0)
+    probe.record(None, None)  # iteration-only records leave the figures alone
+    assert (probe.running, probe.waiting, probe.kv_cache_usage) == (3, 2, 0.25)
+    assert probe.at is not None

@@ -54,26 +54,46 @@ async def call_pool(
     """The pool's answer as JSON or SSE; `finish` runs once the request is over, however
     it ends (it keeps the gateway's in-flight count exact)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
-    responses = backend.stream(pool_id, method, request)
+    responses: ResponseStream | None = None
     try:
+        responses = backend.stream(pool_id, method, request)
         async with asyncio.timeout_at(deadline):
             first = await anext(responses)
         item = first[0] if isinstance(first, list) and first else first
         _raise_if_error(item, request_id)
     except BaseException as exc:
-        responses.cancel()
+        if responses is not None:
+            responses.cancel()
         finish()
         raise _as_service_error(exc, timeout_s, request_id) from exc
 
     if isinstance(item, str):
-        return StreamingResponse(
-            _sse(first, responses, deadline, timeout_s, request_id, finish),
+        return _PoolStream(
+            _sse(first, responses, deadline, timeout_s, request_id),
+            on_close=lambda: (responses.cancel(), finish()),
             media_type="text/event-stream",
             headers=headers | {"Cache-Control": "no-cache"},
         )
     responses.cancel()
     finish()
     return JSONResponse(item.model_dump(mode="json"), headers=headers)
+
+
+class _PoolStream(StreamingResponse):
+    """Runs `on_close` however the response ends. The body generator's own `finally` is not
+    enough: a client gone before the first byte leaves it never started, and with it the
+    engine request running and the in-flight count one too high."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Any], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Cancelling a finished pool request is a no-op; after a disconnect it aborts it.
+            self._on_close()
 
 
 def _raise_if_error(item: Any, request_id: str) -> None:
@@ -98,12 +118,7 @@ def _as_service_error(exc: BaseException, timeout_s: float, request_id: str) -> 
 
 
 async def _sse(
-    first: Any,
-    responses: ResponseStream,
-    deadline: float,
-    timeout_s: float,
-    request_id: str,
-    finish: Callable[[], None],
+    first: Any, responses: ResponseStream, deadline: float, timeout_s: float, request_id: str
 ) -> AsyncIterator[str]:
     done = False
     try:
@@ -117,10 +132,6 @@ async def _sse(
         # Headers are sent: the failure becomes an error event, then the stream ends.
         err = _as_service_error(exc, timeout_s, request_id)
         yield f"data: {json.dumps(error_body(err))}\n\n"
-    finally:
-        # No-op when the stream finished; aborts the engine request when the client left.
-        responses.cancel()
-        finish()
     if not done:
         yield DONE
 

@@ -354,3 +354,33 @@ async def test_a_saturated_pool_spills_over_and_both_saturated_is_503(backend, r
     assert second_response.headers["x-routed-model"] == "gemma-4-31b-it"
     assert second_response.headers["x-route-reason"] == "spill:saturated"
     assert third.status_code == 503 and third.headers["retry-after"] == "2"
+
+
+async def test_a_client_gone_before_the_first_byte_still_frees_the_request(backend):
+    from types import SimpleNamespace
+
+    from service.gateway.dispatch import call_pool
+
+    backend.script = lambda req: [["data: {}\n\n"]] * 3
+    finished = []
+    response = await call_pool(
+        backend,
+        "gemma-4-26b-a4b-it",
+        "chat",
+        SimpleNamespace(model="gemma-4-26b-a4b-it"),
+        timeout_s=5,
+        request_id="r1",
+        headers={},
+        finish=lambda: finished.append(1),
+    )
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        raise OSError("client gone")
+
+    with pytest.raises(BaseException):  # noqa: B017  (how it surfaces is Starlette's business)
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert finished == [1]
+    assert backend.streams[0].cancelled

@@ -68,12 +68,12 @@ def resolved_config(settings: Settings) -> dict[str, Any]:
     cache_dir = settings.resolved_cache_dir
     return {
         "server": settings.server.model_dump(mode="json"),
-        "default_pool": settings.default_pool_id,
+        "routing": settings.routing.model_dump(mode="json"),
         "pools": [
             {
                 "id": pool.id,
                 "model": pool.catalog_id,
-                "modalities": sorted(catalog.modalities(pool)),
+                "modalities": sorted(str(m) for m in catalog.modalities(pool)),
                 "llm_config": catalog.llm_config_kwargs(pool, cache_dir),
             }
             for pool in settings.pools
@@ -159,7 +159,7 @@ def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
     return (
         f"\ngemma-serve is ready at {base}/v1 ({elapsed_s:.0f} s)\n"
         f"  pools: {', '.join(p.id for p in settings.pools)}; "
-        f"aliases {', '.join(settings.server.aliases)} -> {settings.default_pool_id}\n\n"
+        f"aliases {', '.join(settings.server.aliases)} route across them\n\n"
         f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"model": "gemma-4", "messages": '
         f'[{{"role": "user", "content": "Hello"}}]}}\'\n\n'

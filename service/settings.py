@@ -40,9 +40,6 @@ class ServerSettings(Strict):
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0, description="413 above this")
     request_timeout_s: float = Field(600.0, gt=0, description="hard deadline per request")
     aliases: list[str] = Field(default_factory=lambda: ["gemma-4", "auto"])
-    default_pool: str | None = Field(
-        None, description="pool the aliases go to; first pool if unset"
-    )
     gateway_replicas: int = Field(1, ge=1)
     gateway_max_ongoing_requests: int = Field(1000, ge=1)
 
@@ -203,15 +200,7 @@ class Settings(BaseSettings):
             named = getattr(self.routing, rule)
             if named is not None and named not in ids:
                 raise ValueError(f"routing.{rule} '{named}' is not a pool id; pools: {ids}")
-        if self.server.default_pool is not None and self.server.default_pool not in ids:
-            raise ValueError(
-                f"server.default_pool '{self.server.default_pool}' is not a pool id; pools: {ids}"
-            )
         return self
-
-    @property
-    def default_pool_id(self) -> str:
-        return self.server.default_pool or self.pools[0].id
 
     def pool(self, pool_id: str) -> PoolSettings:
         return next(p for p in self.pools if p.id == pool_id)

@@ -78,7 +78,7 @@ def create_app(
         if directory.is_alias(body.model):
             decision = policy.route(features, loads.snapshot())
         else:
-            decision = policy.pin(directory.resolve(body.model), features)
+            decision = policy.pin(directory.pool_id(body.model), features)
         on_decision(decision)
         pool = settings.pool(decision.pool_id)
         if media is not None:
@@ -113,8 +113,7 @@ def create_app(
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> dict[str, Any]:
-        directory.resolve(model)
-        return next(card for card in directory.cards() if card["id"] == model)
+        return directory.card(model)
 
     @app.get("/health")
     async def health() -> dict[str, str]:

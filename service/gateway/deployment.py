@@ -70,10 +70,13 @@ class Gateway:
             await asyncio.sleep(self._settings.routing.stats_interval_s)
 
     async def _refresh(self) -> None:
+        await self._refresh_replicas()
+        await asyncio.gather(*(self._sample_engine(p) for p in self._pools))
+
+    async def _refresh_replicas(self) -> None:
         self._replicas = await asyncio.to_thread(_running_replicas, self._deployment_names)
         self._loads.set_replicas(self._replicas)
         self._refreshed_at = time.monotonic()
-        await asyncio.gather(*(self._sample_engine(p) for p in self._pools))
 
     async def _sample_engine(self, pool_id: str) -> None:
         """One replica's scheduler figures; a slow or failed answer just leaves them stale."""
@@ -91,7 +94,7 @@ class Gateway:
 
     async def _readiness(self) -> dict[str, bool]:
         if time.monotonic() - self._refreshed_at > READINESS_MAX_AGE_S:
-            await self._refresh()
+            await self._refresh_replicas()
         return {pool_id: self._replicas.get(pool_id, 0) > 0 for pool_id in self._deployment_names}
 
 

@@ -13,7 +13,7 @@ from service.settings import Settings
 class ModelDirectory:
     def __init__(self, settings: Settings):
         self._pools = {p.id: p for p in settings.pools}
-        self._aliases = {alias: settings.default_pool_id for alias in settings.server.aliases}
+        self._aliases = list(settings.server.aliases)
         self._created = int(time.time())
 
     @property
@@ -23,25 +23,42 @@ class ModelDirectory:
     def is_alias(self, model: str | None) -> bool:
         return model in self._aliases
 
-    def resolve(self, model: str | None) -> str:
-        """The pool id for a requested model: an alias goes to the default pool,
-        a pool id pins its pool."""
+    def pool_id(self, model: str | None) -> str:
+        """The pool a concrete model id pins (aliases are routed, not looked up here)."""
         if model in self._pools:
             return model
-        if model in self._aliases:
-            return self._aliases[model]
-        raise ModelNotFound(
+        raise self.not_found(model)
+
+    def card(self, model: str) -> dict[str, Any]:
+        for card in self.cards():
+            if card["id"] == model:
+                return card
+        raise self.not_found(model)
+
+    def not_found(self, model: str | None) -> ModelNotFound:
+        return ModelNotFound(
             f"the model '{model}' does not exist; available models: {', '.join(self.ids)}",
             param="model",
         )
 
     def cards(self) -> list[dict[str, Any]]:
-        cards = [self._pool_card(pool_id) for pool_id in self._pools]
-        for alias, target in self._aliases.items():
-            card = self._pool_card(target) | {"id": alias, "owned_by": "gemma-serve"}
-            card["metadata"] = card["metadata"] | {"alias_for": target}
-            cards.append(card)
-        return cards
+        pools = [self._pool_card(pool_id) for pool_id in self._pools]
+        return pools + [self._alias_card(alias, pools) for alias in self._aliases]
+
+    def _alias_card(self, alias: str, pools: list[dict[str, Any]]) -> dict[str, Any]:
+        """An alias is routed across the pools: it holds what the largest of them holds."""
+        return {
+            "id": alias,
+            "object": "model",
+            "created": self._created,
+            "owned_by": "gemma-serve",
+            "root": None,
+            "max_model_len": max(c["max_model_len"] for c in pools),
+            "metadata": {
+                "routes_to": [c["id"] for c in pools],
+                "modalities": sorted({m for c in pools for m in c["metadata"]["modalities"]}),
+            },
+        }
 
     def _pool_card(self, pool_id: str) -> dict[str, Any]:
         pool = self._pools[pool_id]

@@ -29,7 +29,7 @@ def test_chat_answers_from_the_pinned_pool(client):
     assert completion.choices[0].finish_reason in ("stop", "length")
 
 
-def test_alias_is_served_by_the_default_pool(client):
+def test_a_short_alias_request_is_routed_to_the_interactive_pool(client):
     response = client.chat.completions.with_raw_response.create(
         model="gemma-4", messages=MESSAGES, **GREEDY
     )

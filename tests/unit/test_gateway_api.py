@@ -102,7 +102,7 @@ def assert_openai_error(response, status, code=None):
     return body["error"]
 
 
-async def test_alias_goes_to_the_default_pool_and_says_so(client, backend):
+async def test_alias_is_routed_and_says_where(client, backend):
     response = await client.post(CHAT, json=chat_body("gemma-4"))
     assert response.status_code == 200
     assert response.headers["x-routed-model"] == "gemma-4-26b-a4b-it"
@@ -261,7 +261,8 @@ async def test_models_lists_pools_and_aliases(client):
     ids = [m["id"] for m in models["data"]]
     assert ids == ["gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4", "auto"]
     alias = models["data"][2]
-    assert alias["metadata"]["alias_for"] == "gemma-4-26b-a4b-it"
+    assert alias["metadata"]["routes_to"] == ["gemma-4-26b-a4b-it", "gemma-4-31b-it"]
+    assert alias["max_model_len"] == 2048
     assert models["data"][0]["max_model_len"] == 2048
 
 

@@ -31,14 +31,8 @@ def test_no_file_gives_the_embedded_profile_on_loopback():
 def test_embedded_yaml_matches_the_built_in_defaults():
     written, built_in = load_settings(CONFIGS / "embedded.yaml"), load_settings()
     assert written.pools == built_in.pools
-    assert written.default_pool_id == built_in.default_pool_id
+    assert written.routing == built_in.routing
     assert written.server.host == built_in.server.host
-
-
-def test_aliases_go_to_the_first_pool_unless_a_default_is_set(tmp_path):
-    assert load_settings().default_pool_id == "gemma-4-26b-a4b-it"
-    path = write(tmp_path, "server: {default_pool: gemma-4-31b-it}\n")
-    assert load_settings(path).default_pool_id == "gemma-4-31b-it"
 
 
 def test_config_file_is_taken_from_the_environment(tmp_path, monkeypatch):
@@ -69,7 +63,7 @@ def test_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
         ("pools: [{id: gemma-4-31b-it, device: cpu, weights: fp8}]\n", "pools.0"),
         ("pools: [{id: gemma-4-31b-it, replicas: {min: 3, max: 2}}]\n", "pools.0.replicas"),
         ("pools: [{id: gemma-4-31b-it}, {id: gemma-4-31b-it}]\n", "pool ids must be unique"),
-        ("server: {default_pool: nope}\n", "server.default_pool 'nope'"),
+        ("server: {default_pool: gemma-4-31b-it}\n", "server.default_pool"),
         ("server: {aliases: [gemma-4-31b-it]}\n", "collide with pool ids"),
     ],
 )

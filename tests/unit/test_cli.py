@@ -1,0 +1,37 @@
+"""`gemma-serve check-config`: what an operator runs before a rollout."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.cli import main
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.mark.parametrize("profile", ["embedded.yaml", "h100-fp8.yaml", "h100-bf16.yaml"])
+def test_check_config_prints_every_pool_with_its_engine_args(profile, capsys):
+    assert main(["check-config", str(CONFIGS / profile)]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    for pool in resolved["pools"]:
+        engine = pool["llm_config"]["engine_kwargs"]
+        assert engine["max_model_len"] > 0
+        assert engine["tool_call_parser"] == "gemma4"
+        assert "text" in pool["modalities"]
+    assert resolved["routing"]["steps"] == ["capability", "size_shape", "spill_over"]
+
+
+def test_check_config_shows_what_the_31b_fp8_pool_gets(capsys):
+    main(["check-config", str(CONFIGS / "h100-fp8.yaml")])
+    pools = {p["id"]: p for p in yaml.safe_load(capsys.readouterr().out)["pools"]}
+    dense = pools["gemma-4-31b-it"]["llm_config"]
+    assert dense["model_loading_config"]["model_source"] == "RedHatAI/gemma-4-31B-it-FP8-dynamic"
+    assert dense["engine_kwargs"]["kv_cache_dtype"] == "fp8"
+
+
+def test_check_config_refuses_a_bad_file_naming_the_field(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pools: [{id: gemma-4-31b-it, tensor_parallel_size: 0}]\n")
+    assert main(["check-config", str(bad)]) == 2
+    assert "pools.0.tensor_parallel_size" in capsys.readouterr().err

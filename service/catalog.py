@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from ray.serve.llm import LLMConfig
 
-    from service.settings import PoolSettings
+    from service.settings import PoolSettings, TelemetrySettings
 
 
 class Modality(StrEnum):
@@ -168,7 +168,7 @@ def checkpoint_source(pool: PoolSettings, cache_dir: Path) -> str:
     return model.fp8_hf_id if pool.weights == "fp8" and model.fp8_hf_id else model.hf_id
 
 
-def engine_kwargs(pool: PoolSettings) -> dict[str, Any]:
+def engine_kwargs(pool: PoolSettings, telemetry: TelemetrySettings | None = None) -> dict[str, Any]:
     """vLLM engine and frontend arguments for one pool, user overrides applied last."""
     args: dict[str, Any] = {
         "max_model_len": max_model_len(pool),
@@ -199,7 +199,14 @@ def engine_kwargs(pool: PoolSettings) -> dict[str, Any]:
         if modalities(pool) == {Modality.TEXT}:
             # Skips loading the vision/audio encoders: more memory for KV cache.
             args["language_model_only"] = True
+    if engine_tracing(telemetry):
+        # vLLM continues the gateway's trace from the traceparent the gateway passes on.
+        args["otlp_traces_endpoint"] = telemetry.tracing.otlp_endpoint
     return args | pool.engine_kwargs
+
+
+def engine_tracing(telemetry: TelemetrySettings | None) -> bool:
+    return bool(telemetry and telemetry.tracing.otlp_endpoint and telemetry.tracing.engine_spans)
 
 
 def _mm_limits(pool: PoolSettings) -> dict[str, int]:
@@ -213,16 +220,12 @@ def _mm_limits(pool: PoolSettings) -> dict[str, int]:
     return limits
 
 
-def deployment_config(pool: PoolSettings) -> dict[str, Any]:
+def deployment_config(
+    pool: PoolSettings, telemetry: TelemetrySettings | None = None
+) -> dict[str, Any]:
     """Serve options. LLMServer defaults both request targets to 1e9, which disables
     request-based autoscaling and queueing in front of vLLM: set them (FACTS.md)."""
-    autoscaling: dict[str, Any] = {
-        "min_replicas": pool.replicas.min,
-        "max_replicas": pool.replicas.max,
-        "target_ongoing_requests": pool.target_ongoing_requests,
-    }
-    if pool.replicas.initial is not None:
-        autoscaling["initial_replicas"] = pool.replicas.initial
+    autoscaling = autoscaling_config(pool, telemetry.prometheus_url if telemetry else None)
     config: dict[str, Any] = {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": pool.max_ongoing_requests,
@@ -242,6 +245,53 @@ def deployment_config(pool: PoolSettings) -> dict[str, Any]:
 
 
 PREFIX_ROUTER = "ray.serve.llm.request_router.PrefixCacheAffinityRouter"
+SLO_POLICY = "service.autoscaling.serve_policy:PoolAutoscalingPolicy"
+
+
+def autoscaling_config(pool: PoolSettings, prometheus_url: str | None) -> dict[str, Any]:
+    """Serve's autoscaling_config. Under our policy Serve's delays are zero: the policy
+    applies its own (one place, and the same code the simulation runs)."""
+    a = pool.autoscaling
+    config: dict[str, Any] = {
+        "min_replicas": pool.replicas.min,
+        "max_replicas": pool.replicas.max,
+        "target_ongoing_requests": pool.target_ongoing_requests,
+        "look_back_period_s": a.look_back_period_s,
+        "metrics_interval_s": a.metrics_interval_s,
+    }
+    if pool.replicas.initial is not None:
+        config["initial_replicas"] = pool.replicas.initial
+    if a.policy == "requests":
+        return config | {
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+            "downscale_to_zero_delay_s": a.downscale_to_zero_delay_s,
+        }
+    from service.telemetry.promql import ttft_quantile
+
+    params = {
+        "min_replicas": pool.replicas.min,
+        "max_replicas": pool.replicas.max,
+        "target_ongoing_requests": pool.target_ongoing_requests,
+        "max_waiting_per_replica": a.max_waiting_per_replica,
+        "kv_cache_high": a.kv_cache_high,
+        "kv_cache_low": a.kv_cache_low,
+        "ttft_slo_s": a.ttft_p95_slo_s,
+        "downscale_headroom": a.downscale_headroom,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "downscale_to_zero_delay_s": a.downscale_to_zero_delay_s,
+    }
+    kwargs: dict[str, Any] = {"pool_id": pool.id, "params": params}
+    if prometheus_url and a.ttft_p95_slo_s is not None:
+        kwargs["prometheus_url"] = prometheus_url
+        kwargs["ttft_query"] = ttft_quantile(pool.id, a.ttft_window_s)
+    return config | {
+        "upscale_delay_s": 0,
+        "downscale_delay_s": 0,
+        "downscale_to_zero_delay_s": 0,
+        "policy": {"policy_function": SLO_POLICY, "policy_kwargs": kwargs},
+    }
 
 
 def prefix_affinity(pool: PoolSettings) -> bool:
@@ -249,22 +299,28 @@ def prefix_affinity(pool: PoolSettings) -> bool:
     return pool.device == "gpu" if pool.prefix_affinity is None else pool.prefix_affinity
 
 
-def runtime_env(pool: PoolSettings) -> dict[str, Any]:
+def runtime_env(pool: PoolSettings, telemetry: TelemetrySettings | None = None) -> dict[str, Any]:
     env = {"HF_HUB_OFFLINE": "1"} if is_tiny(pool) else {}
     if pool.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu_kv_cache_gib)
+    if engine_tracing(telemetry):
+        # The gateway exports OTLP/HTTP; vLLM defaults to gRPC.
+        env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+        env["OTEL_SERVICE_NAME"] = f"{telemetry.tracing.service_name}-engine"
     return {"env_vars": env} if env else {}
 
 
-def llm_config_kwargs(pool: PoolSettings, cache_dir: Path) -> dict[str, Any]:
+def llm_config_kwargs(
+    pool: PoolSettings, cache_dir: Path, telemetry: TelemetrySettings | None = None
+) -> dict[str, Any]:
     """The LLMConfig fields, as plain data (what check-config prints)."""
     kwargs: dict[str, Any] = {
         "model_loading_config": {
             "model_id": pool.id,
             "model_source": checkpoint_source(pool, cache_dir),
         },
-        "engine_kwargs": engine_kwargs(pool),
-        "deployment_config": deployment_config(pool),
+        "engine_kwargs": engine_kwargs(pool, telemetry),
+        "deployment_config": deployment_config(pool, telemetry),
         "experimental_configs": {"stream_batching_interval_ms": pool.stream_batching_interval_ms},
         "log_engine_metrics": True,
     }
@@ -272,17 +328,19 @@ def llm_config_kwargs(pool: PoolSettings, cache_dir: Path) -> dict[str, Any]:
         kwargs["accelerator_type"] = pool.accelerator_type
     else:
         kwargs["placement_group_config"] = {"bundles": [{"CPU": 1}]}
-    env = runtime_env(pool)
+    env = runtime_env(pool, telemetry)
     if env:
         kwargs["runtime_env"] = env
     return kwargs
 
 
-def llm_config(pool: PoolSettings, cache_dir: Path) -> LLMConfig:
+def llm_config(
+    pool: PoolSettings, cache_dir: Path, telemetry: TelemetrySettings | None = None
+) -> LLMConfig:
     from ray.serve.llm import LLMConfig
     from vllm.config import StructuredOutputsConfig
 
-    kwargs = llm_config_kwargs(pool, cache_dir)
+    kwargs = llm_config_kwargs(pool, cache_dir, telemetry)
     engine = kwargs["engine_kwargs"]
     # vLLM's engine args take this one as its config object, not a dict.
     if isinstance(engine.get("structured_outputs_config"), dict):

@@ -57,7 +57,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     resolved = resolved_config(settings)
     for pool in settings.pools:
         try:
-            catalog.llm_config(pool, settings.resolved_cache_dir)
+            catalog.llm_config(pool, settings.resolved_cache_dir, settings.telemetry)
         except Exception as exc:  # LLMConfig's own validation, reported per pool
             raise ConfigError(f"pool '{pool.id}' is rejected by Ray Serve LLM: {exc}") from None
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
@@ -74,7 +74,7 @@ def resolved_config(settings: Settings) -> dict[str, Any]:
                 "id": pool.id,
                 "model": pool.catalog_id,
                 "modalities": sorted(str(m) for m in catalog.modalities(pool)),
-                "llm_config": catalog.llm_config_kwargs(pool, cache_dir),
+                "llm_config": catalog.llm_config_kwargs(pool, cache_dir, settings.telemetry),
             }
             for pool in settings.pools
         ],
@@ -128,11 +128,20 @@ def start_service(settings: Settings) -> None:
 
     from service.app import APP_NAME, build_app
 
+    local: dict[str, Any] = (
+        {}
+        if settings.ray.address
+        else {
+            "num_cpus": settings.ray.num_cpus,
+            # Every series (gateway, engines, Serve, autoscaler) on one documented URL.
+            "_metrics_export_port": settings.telemetry.metrics_port,
+        }
+    )
     ray.init(
         address=settings.ray.address,
-        num_cpus=None if settings.ray.address else settings.ray.num_cpus,
         include_dashboard=False,
         logging_level=settings.log_level,
+        **local,
     )
     serve.start(
         http_options={
@@ -155,6 +164,12 @@ def stop_service() -> None:
     ray.shutdown()
 
 
+def metrics_url(settings: Settings) -> str:
+    if settings.ray.address:
+        return "on each Ray node's metrics port (see docs/metrics.md)"
+    return f"http://127.0.0.1:{settings.telemetry.metrics_port}/metrics"
+
+
 def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
     return (
         f"\ngemma-serve is ready at {base}/v1 ({elapsed_s:.0f} s)\n"
@@ -163,6 +178,7 @@ def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
         f"  curl {base}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
         f'    -d \'{{"model": "gemma-4", "messages": '
         f'[{{"role": "user", "content": "Hello"}}]}}\'\n\n'
+        f"  metrics: {metrics_url(settings)}\n"
         "  Ctrl-C stops the service.\n"
     )
 

@@ -15,6 +15,8 @@ class ConfigError(Exception):
 
 class ServiceError(Exception):
     status: int = 500
+    # Set on refusals for load (counted as shed in the metrics), e.g. "capacity".
+    shed_reason: str | None = None
     type: str = "server_error"
     code: str | None = None
 
@@ -83,6 +85,12 @@ class ServiceUnavailable(ServiceError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class PoolAtCapacity(ServiceUnavailable):
+    """The pool's replicas are all at max_ongoing_requests and its queue is full."""
+
+    shed_reason = "capacity"
 
 
 class EngineError(ServiceError):

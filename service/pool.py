@@ -10,7 +10,6 @@ the rest keeps both.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
@@ -25,6 +24,8 @@ from ray.serve.llm.openai_api_models import ErrorResponse
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from service import context_budget
+from service.autoscaling.serve_policy import ENGINE_WAITING, KV_CACHE_USAGE
+from service.streaming import carries_output
 
 T = TypeVar("T")
 
@@ -63,21 +64,6 @@ class FirstTokenBatcher(Batcher[T]):
             return next_item.result()
         next_item.cancel()
         return None if self.queue.empty() else self.queue.get_nowait()
-
-
-def carries_output(item: Any) -> bool:
-    """Whether a stream chunk holds generated text (anything unrecognised counts as output)."""
-    if not isinstance(item, str) or not item.startswith("data: {"):
-        return True
-    try:
-        chunk = json.loads(item[len("data: ") :])
-    except json.JSONDecodeError:
-        return True
-    for choice in chunk.get("choices") or []:
-        delta = choice.get("delta") or {}
-        if choice.get("text") or any(delta.get(k) for k in ("content", "reasoning", "tool_calls")):
-            return True
-    return "choices" not in chunk
 
 
 class SchedulerStatsProbe(StatLoggerBase):
@@ -175,6 +161,14 @@ class PoolServer(LLMServer):
         return ErrorResponse(
             error={"message": message, "type": "BadRequestError", "param": name, "code": 400}
         )
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Engine figures for the autoscaling policy (service/autoscaling/serve_policy.py);
+        nothing until the engine has reported once."""
+        stats = getattr(self, "_stats", None)
+        if stats is None or stats.at is None:
+            return {}
+        return {ENGINE_WAITING: float(stats.waiting), KV_CACHE_USAGE: stats.kv_cache_usage}
 
     async def engine_load(self) -> dict[str, Any]:
         """This replica's engine load: requests held, and the scheduler's latest figures

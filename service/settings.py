@@ -65,6 +65,36 @@ class ReplicaSettings(Strict):
         return self
 
 
+class AutoscalingSettings(Strict):
+    policy: Literal["slo", "requests"] = Field(
+        "slo", description="slo: ours (docs/autoscaling.md); requests: Ray Serve's default"
+    )
+    ttft_p95_slo_s: float | None = Field(
+        2.0, gt=0, description="scale up while TTFT p95 exceeds it (needs a Prometheus)"
+    )
+    ttft_window_s: int = Field(120, ge=10, description="rate window of the TTFT p95 query")
+    max_waiting_per_replica: float = Field(4.0, ge=0, description="engine queue that adds room")
+    kv_cache_high: float = Field(0.90, gt=0, le=1, description="scale up above this usage")
+    kv_cache_low: float = Field(0.60, gt=0, le=1, description="scale down only below this")
+    downscale_headroom: float = Field(
+        0.7, gt=0, le=1, description="a smaller fleet must carry the load at this share of target"
+    )
+    upscale_delay_s: float = Field(15.0, ge=0)
+    downscale_delay_s: float = Field(300.0, ge=0)
+    downscale_to_zero_delay_s: float = Field(900.0, ge=0, description="with replicas.min 0")
+    look_back_period_s: float = Field(15.0, gt=0, description="window Serve averages load over")
+    metrics_interval_s: float = Field(2.0, gt=0, description="how often replicas report load")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSettings:
+        if self.kv_cache_low > self.kv_cache_high:
+            raise ValueError(
+                f"kv_cache_low ({self.kv_cache_low}) must not exceed "
+                f"kv_cache_high ({self.kv_cache_high})"
+            )
+        return self
+
+
 Weights = Literal["bf16", "fp8", "fp8-online"]
 
 
@@ -89,6 +119,7 @@ class PoolSettings(Strict):
     replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
     max_ongoing_requests: int = Field(64, ge=1)
     target_ongoing_requests: int = Field(32, ge=1)
+    autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
     prefix_affinity: bool | None = Field(
         None, description="replica choice by prompt prefix, for KV-cache reuse; on for GPU pools"
     )
@@ -160,6 +191,25 @@ class RoutingSettings(Strict):
     )
 
 
+class TracingSettings(Strict):
+    otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces URL, e.g. http://collector:4318/v1/traces; unset: off"
+    )
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="of traces started here")
+    service_name: str = Field("gemma-serve", min_length=1)
+    engine_spans: bool = Field(True, description="vLLM's own spans, continuing the request's")
+
+
+class TelemetrySettings(Strict):
+    metrics_port: int = Field(
+        8080, ge=1, le=65535, description="local Ray's /metrics port (ignored with ray.address)"
+    )
+    prometheus_url: str | None = Field(
+        None, description="Prometheus the autoscaler reads TTFT from; unset: replica stats only"
+    )
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -170,6 +220,7 @@ class Settings(BaseSettings):
     pools: list[PoolSettings] = Field(default_factory=embedded_pools, min_length=1)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     cache_dir: Path = Field(
         Path("~/.cache/gemma-serve"), description="tiny checkpoints and other build products"
     )

@@ -6,15 +6,18 @@ backend and the Serve deployment can build it once per replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from opentelemetry.trace import Tracer
 from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from service import catalog
 from service.errors import (
@@ -33,11 +36,14 @@ from service.routing.load import LoadTracker
 from service.routing.policy import Decision
 from service.routing.setup import build_policy
 from service.settings import Settings
+from service.telemetry.metrics import MetricsRecorder, NullRecorder
+from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 REQUEST_ID_HEADER = "x-request-id"
+TRACE_ID_HEADER = "x-trace-id"
 
 
 def create_app(
@@ -45,18 +51,66 @@ def create_app(
     backend: PoolBackend,
     readiness: Readiness,
     loads: LoadTracker | None = None,
-    on_decision: Callable[[Decision], None] = lambda decision: None,
+    recorder: MetricsRecorder | None = None,
+    tracer: Tracer | None = None,
 ) -> FastAPI:
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
     directory = ModelDirectory(settings)
     policy = build_policy(settings)
     loads = loads or LoadTracker([p.id for p in settings.pools], settings.routing.stats_max_age_s)
+    recorder = recorder or NullRecorder()
     media_limits = MediaLimits(**settings.media.model_dump())
     routing = settings.routing
     _install_error_handlers(app)
 
-    async def generate(request: Request, method: str, model_cls: type) -> Response:
+    async def generate(request: Request, endpoint: str, model_cls: type) -> Response:
+        telemetry = RequestTelemetry(endpoint, request.url.path, request.headers, recorder, tracer)
+        request.state.trace_id = telemetry.trace_id
+        try:
+            return await _generate(request, endpoint, model_cls, telemetry)
+        except BaseException as exc:  # a pool answer closes it itself; this is a no-op then
+            telemetry.close(_status_of(exc), exc)
+            raise
+
+    async def _generate(
+        request: Request, method: str, model_cls: type, telemetry: RequestTelemetry
+    ) -> Response:
+        with telemetry.span("auth") as span:
+            if span is not None:
+                span.set_attribute("gemma.auth.mode", "none")
         body = parse_as(model_cls, await read_json_object(request, settings.server.max_body_bytes))
+        with telemetry.span("route") as span:
+            decision, media = route(request, body)
+            if span is not None:
+                span.set_attributes(
+                    {"gemma.route.pool": decision.pool_id, "gemma.route.reason": decision.reason,
+                     "gemma.request.model": body.model}
+                )  # fmt: skip
+        telemetry.routed(decision.pool_id, decision.reason)
+        pool = settings.pool(decision.pool_id)
+        if media is not None:
+            check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
+        _check_max_tokens(body, catalog.max_model_len(pool))
+        # vLLM answers only to its served id, and the response's `model` is the pool id.
+        body.model = pool.id
+        if isinstance(body, ChatCompletionRequest):
+            body = _sanitize_chat_completion_request(body)
+        headers = {"x-routed-model": pool.id, "x-route-reason": decision.reason}
+        if telemetry.trace_id:
+            headers[TRACE_ID_HEADER] = telemetry.trace_id
+        return await call_pool(
+            backend,
+            method,
+            body,
+            telemetry=telemetry,
+            timeout_s=settings.server.request_timeout_s,
+            request_id=request.headers.get(REQUEST_ID_HEADER, ""),
+            headers=headers,
+            strip_usage=_ask_for_usage(body),
+            finish=loads.started(pool.id),
+        )
+
+    def route(request: Request, body: Any) -> tuple[Decision, Any]:
         tier = request.headers.get(routing.tier_header)
         if isinstance(body, ChatCompletionRequest):
             media = inspect_messages(body.messages, media_limits)
@@ -76,28 +130,8 @@ def create_app(
                 tier=tier,
             )
         if directory.is_alias(body.model):
-            decision = policy.route(features, loads.snapshot())
-        else:
-            decision = policy.pin(directory.pool_id(body.model), features)
-        on_decision(decision)
-        pool = settings.pool(decision.pool_id)
-        if media is not None:
-            check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
-        _check_max_tokens(body, catalog.max_model_len(pool))
-        # vLLM answers only to its served id, and the response's `model` is the pool id.
-        body.model = pool.id
-        if isinstance(body, ChatCompletionRequest):
-            body = _sanitize_chat_completion_request(body)
-        return await call_pool(
-            backend,
-            pool.id,
-            method,
-            body,
-            timeout_s=settings.server.request_timeout_s,
-            request_id=request.headers.get(REQUEST_ID_HEADER, ""),
-            headers={"x-routed-model": pool.id, "x-route-reason": decision.reason},
-            finish=loads.started(pool.id),
-        )
+            return policy.route(features, loads.snapshot()), media
+        return policy.pin(directory.pool_id(body.model), features), media
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -131,6 +165,27 @@ def create_app(
     return app
 
 
+def _ask_for_usage(body: Any) -> bool:
+    """Streams always carry usage from the engine (token metrics, and later accounting);
+    True when the client did not ask for it, so the gateway drops it on the way out."""
+    if not body.stream:
+        return False
+    options = body.stream_options
+    if options is not None and options.include_usage:
+        return False
+    body.stream_options = StreamOptions(
+        include_usage=True,
+        continuous_usage_stats=options.continuous_usage_stats if options else False,
+    )
+    return True
+
+
+def _status_of(exc: BaseException) -> int:
+    if isinstance(exc, ServiceError):
+        return exc.status
+    return CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
+
+
 def _check_max_tokens(body: Any, max_model_len: int) -> None:
     # The prompt is counted by the engine; max_tokens alone can be refused here, for free.
     limits = body.model_dump(include={"max_tokens", "max_completion_tokens"})
@@ -146,7 +201,10 @@ def _check_max_tokens(body: Any, max_model_len: int) -> None:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers())
+        headers = exc.headers()
+        if trace_id := getattr(request.state, "trace_id", None):
+            headers[TRACE_ID_HEADER] = trace_id
+        return JSONResponse(error_body(exc), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -9,12 +9,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
+from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter
 
 from service.gateway.api import create_app
 from service.routing.load import EngineSample, LoadTracker
 from service.settings import Settings
+from service.telemetry.metrics import RayMetricsRecorder
+from service.telemetry.tracing import build_tracer
 
 READINESS_MAX_AGE_S = 2.0
 # A replica at its max_ongoing_requests answers late; its in-flight count says enough then.
@@ -28,10 +30,11 @@ class HandleBackend:
     def __init__(self, handles: dict[str, DeploymentHandle]):
         self._handles = {pool_id: h.options(stream=True) for pool_id, h in handles.items()}
 
-    def stream(self, pool_id: str, method: str, request: Any) -> Any:
-        # No client headers travel on (credentials stay here); the engine's request id
+    def stream(self, pool_id: str, method: str, request: Any, trace_headers: dict[str, str]) -> Any:
+        # Only trace context travels on (credentials stay here); the engine's request id
         # is Serve's, which is the client's x-request-id.
-        return getattr(self._handles[pool_id], method).remote(request, None)
+        info = RawRequestInfo(headers=trace_headers) if trace_headers else None
+        return getattr(self._handles[pool_id], method).remote(request, info)
 
 
 @serve.ingress()
@@ -46,18 +49,15 @@ class Gateway:
         self._refreshed_at = 0.0
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
+        self._recorder = RayMetricsRecorder()
         self._refresher = asyncio.create_task(self._refresh_forever())
-        decisions = Counter(
-            "gemma_serve_route_decisions",
-            description="Requests routed, by the pool chosen and the rule that chose it.",
-            tag_keys=("pool", "reason"),
-        )
         return create_app(
             self._settings,
             self._backend,
             self._readiness,
             self._loads,
-            on_decision=lambda d: decisions.inc(tags={"pool": d.pool_id, "reason": d.reason}),
+            recorder=self._recorder,
+            tracer=build_tracer(self._settings.telemetry.tracing),
         )
 
     async def _refresh_forever(self) -> None:
@@ -70,6 +70,8 @@ class Gateway:
             await asyncio.sleep(self._settings.routing.stats_interval_s)
 
     async def _refresh(self) -> None:
+        for pool_id, load in self._loads.snapshot().items():
+            self._recorder.in_flight(pool_id, load.ongoing)
         await self._refresh_replicas()
         await asyncio.gather(*(self._sample_engine(p) for p in self._pools))
 

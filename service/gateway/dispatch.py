@@ -19,11 +19,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from service.errors import (
     DeadlineExceeded,
     EngineError,
+    PoolAtCapacity,
     ServiceError,
-    ServiceUnavailable,
     error_body,
     from_engine_error,
 )
+from service.streaming import carries_output, usage_of
+from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -37,28 +39,34 @@ class ResponseStream(Protocol):
 
 
 class PoolBackend(Protocol):
-    def stream(self, pool_id: str, method: str, request: Any) -> ResponseStream: ...
+    def stream(
+        self, pool_id: str, method: str, request: Any, trace_headers: dict[str, str]
+    ) -> ResponseStream: ...
 
 
 async def call_pool(
     backend: PoolBackend,
-    pool_id: str,
     method: str,
     request: Any,
     *,
+    telemetry: RequestTelemetry,
     timeout_s: float,
     request_id: str,
     headers: dict[str, str],
+    strip_usage: bool = False,
     finish: Callable[[], None] = lambda: None,
 ) -> Response:
-    """The pool's answer as JSON or SSE; `finish` runs once the request is over, however
-    it ends (it keeps the gateway's in-flight count exact)."""
+    """The pool's answer as JSON or SSE. However the request ends, `finish` runs once (it
+    keeps the gateway's in-flight count exact) and the telemetry is closed. `strip_usage`
+    drops the usage chunk the gateway asked for but the client did not."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     responses: ResponseStream | None = None
     try:
-        responses = backend.stream(pool_id, method, request)
+        trace_headers = telemetry.dispatched()
+        responses = backend.stream(telemetry.pool, method, request, trace_headers)
         async with asyncio.timeout_at(deadline):
             first = await anext(responses)
+        telemetry.answered()
         item = first[0] if isinstance(first, list) and first else first
         _raise_if_error(item, request_id)
     except BaseException as exc:
@@ -68,15 +76,57 @@ async def call_pool(
         raise _as_service_error(exc, timeout_s, request_id) from exc
 
     if isinstance(item, str):
+        tap = _StreamTap(telemetry, strip_usage)
+
+        def close() -> None:
+            responses.cancel()
+            finish()
+            telemetry.close(tap.status, tap.error)
+
         return _PoolStream(
-            _sse(first, responses, deadline, timeout_s, request_id),
-            on_close=lambda: (responses.cancel(), finish()),
+            _sse(first, responses, tap, deadline, timeout_s, request_id),
+            on_close=close,
             media_type="text/event-stream",
             headers=headers | {"Cache-Control": "no-cache"},
         )
     responses.cancel()
     finish()
+    usage = getattr(item, "usage", None)
+    if usage is not None:
+        telemetry.usage(usage.prompt_tokens, usage.completion_tokens or 0)
+    telemetry.close(200)
     return JSONResponse(item.model_dump(mode="json"), headers=headers)
+
+
+class _StreamTap:
+    """Watches the SSE events on their way out: first and last output, usage, how it ended."""
+
+    def __init__(self, telemetry: RequestTelemetry, strip_usage: bool):
+        self._telemetry = telemetry
+        self._strip_usage = strip_usage
+        self._output_started = False
+        self.status = CLIENT_CLOSED  # until the stream runs to its end
+        self.error: BaseException | None = None
+
+    def events(self, item: Any) -> str:
+        """The item's events as they go to the client."""
+        parts = item if isinstance(item, list) else [item]
+        out = []
+        for part in parts:
+            event = _packet(part)
+            if (usage := usage_of(event)) is not None:
+                self._telemetry.usage(*usage)
+                if self._strip_usage:
+                    continue
+            elif event != DONE and (self._output_started or carries_output(event)):
+                self._output_started = True
+                self._telemetry.output()
+            out.append(event)
+        return "".join(out)
+
+    def ended(self, error: ServiceError | None = None) -> None:
+        self.status = error.status if error is not None else 200
+        self.error = error
 
 
 class _PoolStream(StreamingResponse):
@@ -110,7 +160,7 @@ def _as_service_error(exc: BaseException, timeout_s: float, request_id: str) -> 
     if isinstance(exc, TimeoutError):
         return DeadlineExceeded(f"the request did not finish within its {timeout_s:g} s deadline")
     if isinstance(exc, BackPressureError | DeploymentUnavailableError):
-        return ServiceUnavailable("the model pool is at capacity; retry shortly")
+        return PoolAtCapacity("the model pool is at capacity; retry shortly")
     if not isinstance(exc, Exception):
         return exc
     log.exception("pool call failed (request id %s)", request_id)
@@ -118,22 +168,29 @@ def _as_service_error(exc: BaseException, timeout_s: float, request_id: str) -> 
 
 
 async def _sse(
-    first: Any, responses: ResponseStream, deadline: float, timeout_s: float, request_id: str
+    first: Any,
+    responses: ResponseStream,
+    tap: _StreamTap,
+    deadline: float,
+    timeout_s: float,
+    request_id: str,
 ) -> AsyncIterator[str]:
     done = False
+    error = None
     try:
         async with asyncio.timeout_at(deadline):
-            yield _packet(first)
+            yield tap.events(first)
             async for item in responses:
-                packet = _packet(item)
-                done = done or packet.rstrip().endswith("data: [DONE]")
-                yield packet
+                events = tap.events(item)
+                done = done or events.rstrip().endswith("data: [DONE]")
+                yield events
     except Exception as exc:
         # Headers are sent: the failure becomes an error event, then the stream ends.
-        err = _as_service_error(exc, timeout_s, request_id)
-        yield f"data: {json.dumps(error_body(err))}\n\n"
+        error = _as_service_error(exc, timeout_s, request_id)
+        yield f"data: {json.dumps(error_body(error))}\n\n"
     if not done:
         yield DONE
+    tap.ended(error if isinstance(error, ServiceError) else None)
 
 
 def _packet(item: Any) -> str:

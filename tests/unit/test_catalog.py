@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from service import catalog
-from service.settings import PoolSettings, load_settings
+from service.settings import PoolSettings, TelemetrySettings, load_settings
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 CACHE = Path("/cache")
@@ -81,11 +81,43 @@ def test_request_targets_are_set_so_autoscaling_works():
         PoolSettings(id="gemma-4-31b-it", replicas={"min": 1, "max": 3})
     )
     assert config["max_ongoing_requests"] == 64
-    assert config["autoscaling_config"] == {
-        "min_replicas": 1,
-        "max_replicas": 3,
-        "target_ongoing_requests": 32,
-    }
+    autoscaling = config["autoscaling_config"]
+    assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 3)
+    assert autoscaling["target_ongoing_requests"] == 32
+
+
+def test_pools_scale_with_our_policy_whose_delays_replace_serves():
+    config = catalog.autoscaling_config(
+        PoolSettings(id="gemma-4-31b-it", autoscaling={"upscale_delay_s": 7}), None
+    )
+    policy = config["policy"]
+    assert policy["policy_function"] == catalog.SLO_POLICY
+    assert policy["policy_kwargs"]["params"]["upscale_delay_s"] == 7
+    assert config["upscale_delay_s"] == config["downscale_delay_s"] == 0
+    assert "prometheus_url" not in policy["policy_kwargs"]
+
+
+def test_the_policy_reads_ttft_from_prometheus_when_one_is_configured():
+    config = catalog.autoscaling_config(PoolSettings(id="gemma-4-31b-it"), "http://prom:9090")
+    kwargs = config["policy"]["policy_kwargs"]
+    assert kwargs["prometheus_url"] == "http://prom:9090"
+    assert 'pool="gemma-4-31b-it"' in kwargs["ttft_query"]
+
+
+def test_the_requests_policy_is_serves_default_with_our_delays():
+    pool = PoolSettings(id="gemma-4-31b-it", autoscaling={"policy": "requests"})
+    config = catalog.autoscaling_config(pool, None)
+    assert "policy" not in config
+    assert config["downscale_delay_s"] == 300
+
+
+def test_engine_spans_go_to_the_configured_collector_over_http():
+    telemetry = TelemetrySettings(tracing={"otlp_endpoint": "http://otel:4318/v1/traces"})
+    pool = PoolSettings(id="gemma-4-31b-it")
+    assert catalog.engine_kwargs(pool, telemetry)["otlp_traces_endpoint"].startswith("http://otel")
+    env = catalog.runtime_env(pool, telemetry)["env_vars"]
+    assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
+    assert "otlp_traces_endpoint" not in catalog.engine_kwargs(pool, TelemetrySettings())
 
 
 def test_engine_kwargs_override_derived_args_last():

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import (
+    AutoscalingSettings,
     MediaSettings,
     PoolSettings,
     RaySettings,
@@ -12,6 +13,8 @@ from service.settings import (
     RoutingSettings,
     ServerSettings,
     Settings,
+    TelemetrySettings,
+    TracingSettings,
 )
 
 DOCS = Path(__file__).parents[2] / "docs"
@@ -27,6 +30,9 @@ DOCS = Path(__file__).parents[2] / "docs"
         (ReplicaSettings, "replicas."),
         (RoutingSettings, ""),
         (MediaSettings, ""),
+        (AutoscalingSettings, ""),
+        (TelemetrySettings, ""),
+        (TracingSettings, "tracing."),
     ],
 )
 def test_every_setting_is_documented(model, prefix):

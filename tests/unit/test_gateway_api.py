@@ -5,66 +5,18 @@ import json
 
 import httpx
 import pytest
-from ray.serve.llm.openai_api_models import ChatCompletionResponse, ErrorResponse
+from ray.serve.llm.openai_api_models import ErrorResponse
 
 from service.gateway.api import create_app
 from service.settings import Settings
+from service.telemetry.request import RequestTelemetry
+from tests.unit.gateway_fakes import (
+    FakeBackend,
+    RecordingRecorder,
+    chat_body,
+)
 
 CHAT = "/v1/chat/completions"
-
-
-def chat_body(model="gemma-4", **extra):
-    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
-
-
-def chat_response(model: str) -> ChatCompletionResponse:
-    return ChatCompletionResponse(
-        id="chatcmpl-1",
-        model=model,
-        choices=[
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-    )
-
-
-class FakeStream:
-    def __init__(self, items, delay_s=0.0):
-        self._items = list(items)
-        self._delay_s = delay_s
-        self.cancelled = False
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        await asyncio.sleep(self._delay_s)
-        if not self._items:
-            raise StopAsyncIteration
-        item = self._items.pop(0)
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def cancel(self):
-        self.cancelled = True
-
-
-class FakeBackend:
-    """Answers like a pool: records what it was asked, replays scripted items."""
-
-    def __init__(self):
-        self.calls = []
-        self.script = None
-        self.delay_s = 0.0
-        self.streams = []
-
-    def stream(self, pool_id, method, request):
-        self.calls.append((pool_id, method, request))
-        items = self.script(request) if self.script else [chat_response(request.model)]
-        stream = FakeStream(items, self.delay_s)
-        self.streams.append(stream)
-        return stream
 
 
 @pytest.fixture
@@ -364,11 +316,14 @@ async def test_a_client_gone_before_the_first_byte_still_frees_the_request(backe
 
     backend.script = lambda req: [["data: {}\n\n"]] * 3
     finished = []
+    recorder = RecordingRecorder()
+    telemetry = RequestTelemetry("chat", CHAT, {}, recorder)
+    telemetry.routed("gemma-4-26b-a4b-it", "pinned")
     response = await call_pool(
         backend,
-        "gemma-4-26b-a4b-it",
         "chat",
         SimpleNamespace(model="gemma-4-26b-a4b-it"),
+        telemetry=telemetry,
         timeout_s=5,
         request_id="r1",
         headers={},
@@ -385,3 +340,4 @@ async def test_a_client_gone_before_the_first_byte_still_frees_the_request(backe
         await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
     assert finished == [1]
     assert backend.streams[0].cancelled
+    assert [o.status for o in recorder.outcomes] == [499]

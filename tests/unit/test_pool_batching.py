@@ -3,7 +3,8 @@
 import asyncio
 import json
 
-from service.pool import FirstTokenBatcher, carries_output
+from service.pool import FirstTokenBatcher
+from service.streaming import carries_output
 
 ROLE = 'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
 

@@ -1,0 +1,1 @@
+"""Metrics, traces and the PromQL that dashboards, alerts and the autoscaler share."""

@@ -17,9 +17,21 @@ export TRANSFORMERS_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run build-tiny test test-unit test-integration lint bench bench-routing clean
+.PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
+	bench-routing bench-autoscale clean
 
 install: $(STAMP)
+
+# A real Prometheus (and promtool) for the PromQL and alert-rule tests: Debian's package,
+# installed when missing and we may (CI runs as root); otherwise those tests say what to do.
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else \
+	    echo "make: prometheus is missing; as root: apt-get install prometheus" >&2; exit 1; \
+	  fi; }
 
 # Rebuilt whenever the lock or the package metadata changes.
 $(STAMP): requirements/cpu.lock pyproject.toml
@@ -36,13 +48,13 @@ build-tiny: $(STAMP)
 run: $(STAMP) build-tiny
 	$(BIN)/gemma-serve up $(ARGS)
 
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -55,6 +67,10 @@ bench: $(STAMP) build-tiny
 # A simulation (cost model, no GPU): prints the table, writes benchmarks/results/routing_sim.png.
 bench-routing: $(STAMP)
 	$(BIN)/python benchmarks/routing_sim.py
+
+# A simulation (cost model, no GPU): our autoscaling policy against Ray Serve's default.
+bench-autoscale: $(STAMP)
+	$(BIN)/python benchmarks/autoscale_sim.py
 
 clean:
 	rm -rf $(VENV) $(CACHE)

@@ -86,7 +86,7 @@ class _AutoscalerGauges:
     """Exported from the Serve controller, so dashboards and the at-max alert see decisions."""
 
     def __init__(self) -> None:
-        from ray.util.metrics import Gauge
+        from ray.util.metrics import Counter, Gauge
 
         def gauge(name: str, description: str, *tags: str) -> Gauge:
             return Gauge(name, description=description, tag_keys=("pool", *tags))
@@ -103,6 +103,11 @@ class _AutoscalerGauges:
         )
         self.max = gauge("gemma_serve_autoscaler_max_replicas", "The pool's replicas.max.")
         self.min = gauge("gemma_serve_autoscaler_min_replicas", "The pool's replicas.min.")
+        self.actions = Counter(
+            "gemma_serve_autoscaler_scaling_actions",
+            description="Replica count changes decided, by direction and the deciding signal.",
+            tag_keys=("pool", "direction", "reason"),
+        )
         self.signal = gauge(
             "gemma_serve_autoscaler_signal",
             "Inputs of the last decision; a missing input is not exported.",
@@ -116,6 +121,8 @@ class _AutoscalerGauges:
         self.decided.set(d.replicas, tags)
         self.max.set(p.max_replicas, tags)
         self.min.set(p.min_replicas, tags)
+        if d.replicas != s.target_replicas:
+            self.actions.inc(tags=tags | {"direction": d.direction, "reason": d.reason})
         inputs = {
             "ongoing_requests": s.ongoing_requests,
             "engine_waiting": s.engine_waiting,

@@ -97,7 +97,11 @@ class Gateway:
     async def _readiness(self) -> dict[str, bool]:
         if time.monotonic() - self._refreshed_at > READINESS_MAX_AGE_S:
             await self._refresh_replicas()
-        return {pool_id: self._replicas.get(pool_id, 0) > 0 for pool_id in self._deployment_names}
+        # A pool allowed to scale to zero is ready at zero: a request starts its first replica.
+        return {
+            pool.id: pool.replicas.min == 0 or self._replicas.get(pool.id, 0) > 0
+            for pool in self._settings.pools
+        }
 
 
 def _running_replicas(deployment_names: dict[str, str]) -> dict[str, int]:

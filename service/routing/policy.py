@@ -74,7 +74,11 @@ class NoCapablePool(InvalidRequest):
 
 
 class AllSaturated(ServiceUnavailable):
-    pass
+    shed_reason = "saturated"
+
+    def __init__(self, message: str, *, pool_id: str, retry_after_s: int):
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.pool_id = pool_id  # the preferred pool: where the shed request is counted
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,7 @@ def spill_over(
         "every model that can serve this request is at capacity ("
         + ", ".join(p.id for p in candidates.pools)
         + "); retry shortly",
+        pool_id=candidates.pools[0].id,
         retry_after_s=thresholds.retry_after_s,
     )
 

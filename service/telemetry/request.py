@@ -29,6 +29,10 @@ from service.telemetry.tracing import incoming_context, outgoing_headers
 CLIENT_CLOSED = 499
 
 
+def _code_of(status: int) -> str | None:
+    return "client_closed" if status == CLIENT_CLOSED else None
+
+
 class RequestTelemetry:
     def __init__(
         self,
@@ -117,6 +121,8 @@ class RequestTelemetry:
             return
         self._closed = True
         service_error = error if isinstance(error, ServiceError) else None
+        if self.pool == NO_POOL and getattr(error, "pool_id", None):
+            self.pool = error.pool_id  # refused at routing, on behalf of this pool
         prompt, completion = self._usage or (None, None)
         self._recorder.finished(
             RequestOutcome(
@@ -124,7 +130,7 @@ class RequestTelemetry:
                 pool=self.pool,
                 status=status,
                 duration_s=self._clock() - self._start,
-                error_code=service_error.code if service_error else None,
+                error_code=service_error.code if service_error else _code_of(status),
                 shed_reason=service_error.shed_reason if service_error else None,
                 ttft_s=self._ttft(),
                 itl_s=self._itl(completion),

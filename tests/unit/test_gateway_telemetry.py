@@ -216,3 +216,18 @@ async def test_with_tracing_off_no_trace_header_is_sent_and_none_goes_to_the_eng
 
 def test_tracing_is_off_unless_an_endpoint_is_configured():
     assert build_tracer(TracingSettings()) is None
+
+
+async def test_a_request_refused_because_every_pool_is_saturated_counts_as_shed(recorder):
+    from service.routing.load import LoadTracker
+
+    settings = Settings(routing={"max_ongoing_per_replica": 1})
+    loads = LoadTracker([p.id for p in settings.pools])
+    for pool in settings.pools:
+        loads.started(pool.id)
+    app = create_app(settings, FakeBackend(), lambda: None, loads, recorder=recorder)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        response = await c.post(CHAT, json=chat_body())
+    assert response.status_code == 503
+    (outcome,) = recorder.outcomes
+    assert (outcome.pool, outcome.shed_reason) == (POOL, "saturated")

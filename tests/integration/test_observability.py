@@ -3,6 +3,7 @@ into vLLM, and a real Prometheus evaluating the queries the autoscaler and alert
 
 import math
 import re
+import threading
 
 import httpx
 import pytest
@@ -55,6 +56,49 @@ def test_one_url_serves_gateway_engine_serve_and_autoscaler_series(http, stack):
     wait_for(scrape)
 
 
+@pytest.fixture(scope="module")
+def shed(stack):
+    """One alias request refused because both pools are saturated (two long streams each:
+    the session stack calls a pool saturated at two in flight per replica)."""
+    started = threading.Semaphore(0)
+    stop = threading.Event()
+
+    def hold(model):
+        body = {"model": model, "messages": [{"role": "user", "content": "go"}],
+                "stream": True, "max_tokens": 1500, "ignore_eos": True}  # fmt: skip
+        with httpx.Client(base_url=stack.base_url, timeout=120) as c:
+            with c.stream("POST", "/v1/chat/completions", json=body) as response:
+                for _ in response.iter_lines():
+                    started.release()
+                    if stop.is_set():
+                        return
+
+    holders = [
+        threading.Thread(target=hold, args=(pool,), daemon=True)
+        for pool in (MOE, MOE, DENSE, DENSE)
+    ]
+    for holder in holders:
+        holder.start()
+    for _ in holders:
+        assert started.acquire(timeout=60)
+    body = {"model": "gemma-4", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    response = httpx.post(f"{stack.base_url}/v1/chat/completions", json=body, timeout=60)
+    stop.set()
+    for holder in holders:
+        holder.join(timeout=60)
+    return response
+
+
+def test_a_request_shed_for_load_is_counted_under_its_pool(shed, stack):
+    assert shed.status_code == 503 and shed.headers["retry-after"]
+
+    def counted():
+        text = httpx.get(stack.metrics_url, timeout=10).text
+        return series(text, "ray_gemma_serve_shed_requests_total", pool=MOE, reason="saturated")
+
+    wait_for(counted)
+
+
 def test_errors_are_counted_by_status_and_code(http, stack):
     http.post("/v1/chat/completions", json={"model": "no-such-model", "messages": []})
 
@@ -90,7 +134,7 @@ def test_a_traced_request_is_one_trace_from_the_gateway_into_vllm(http, traces):
 
 
 @pytest.fixture
-def prom(prometheus, http):
+def prom(prometheus, http, shed):
     """Prometheus with traffic on both pools after their series exist: a counter's first
     sample already holds its first events, so a rate needs events after it."""
     if prometheus is None:

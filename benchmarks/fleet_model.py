@@ -475,6 +475,36 @@ class Replica:
     def kv_usage(self) -> float:
         return self.kv_reserved / self.rtype.kv_capacity_bytes
 
+    # -- what the engine itself reports (vLLM's SchedulerStats) --
+
+    @property
+    def backlog(self) -> int:
+        """Waiting sequences the scheduler has passed over: vLLM's num_waiting_reqs, taken
+        after a step's scheduling, so a request that arrived during the step (still in the
+        engine's input queue, scheduled at the next step) is not in it. `queued` counts those
+        too. All of them when the head cannot be admitted (KV or max_num_seqs)."""
+        if not self.waiting:
+            return 0
+        if self.plan is None or not self._admissible(self.waiting[0]):
+            return len(self.waiting)
+        start = self.plan.start
+        return sum(1 for s in self.waiting if s.arrived_at < start)
+
+    @property
+    def kv_in_use(self) -> float:
+        """Share of the KV pool holding the tokens computed so far: vLLM's kv_cache_usage
+        (cached prefixes no running request holds count as free). `kv_usage` is the admission
+        reservation at final length, always at least this. A prefix shared by running
+        sequences is counted once per sequence [I]."""
+        rt = self.rtype
+        g, s, w = rt.model.global_kv_bytes, rt.model.sliding_kv_bytes, rt.model.sliding_window
+        used = 0.0
+        for seqs in (self.prefilling, self.decoding):
+            for q in seqs:
+                c = q.context
+                used += g * c + s * (c if c < w else w)
+        return used * rt.kv_scale / rt.kv_capacity_bytes
+
     def holds_prefix(self, key: Hashable) -> bool:
         return key in self.prefix_cache
 

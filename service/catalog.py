@@ -229,6 +229,8 @@ def deployment_config(
     config: dict[str, Any] = {
         "autoscaling_config": autoscaling,
         "max_ongoing_requests": pool.max_ongoing_requests,
+        # Serve's default (20 s) would cut long generations when scale-down removes a replica.
+        "graceful_shutdown_timeout_s": pool.drain_timeout_s,
         "health_check_period_s": 10,
         "health_check_timeout_s": 30,
     }

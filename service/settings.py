@@ -120,6 +120,9 @@ class PoolSettings(Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     target_ongoing_requests: int = Field(32, ge=1)
     autoscaling: AutoscalingSettings = Field(default_factory=AutoscalingSettings)
+    drain_timeout_s: float = Field(
+        600.0, gt=0, description="a replica being removed finishes its requests for this long"
+    )
     prefix_affinity: bool | None = Field(
         None, description="replica choice by prompt prefix, for KV-cache reuse; on for GPU pools"
     )

@@ -113,23 +113,25 @@ def _wanted(s: Signals, p: ScalingParams) -> _Wish:
         ratio = min(2.0, s.ttft_p95_s / p.ttft_slo_s)
         ups.append(_Wish(max(current + 1, math.ceil(current * ratio)), "ttft_slo"))
     best = max(ups, key=lambda w: w.replicas)
-    if best.replicas > current:
+    # Replicas still starting count as there: a hold must not cancel them.
+    steady = max(current, s.target_replicas)
+    if best.replicas > steady:
         return best
-    return _downscale(s, p, current)
+    return _downscale(s, p, steady)
 
 
-def _downscale(s: Signals, p: ScalingParams, current: int) -> _Wish:
+def _downscale(s: Signals, p: ScalingParams, steady: int) -> _Wish:
     """The smallest fleet that carries the load with headroom, if every signal allows."""
     if s.kv_cache_usage is not None and s.kv_cache_usage > p.kv_cache_low:
-        return _Wish(current, "kv_cache")
+        return _Wish(steady, "kv_cache")
     if p.ttft_slo_s is not None and s.ttft_p95_s is not None and s.ttft_p95_s > 0.8 * p.ttft_slo_s:
-        return _Wish(current, "ttft_slo")
+        return _Wish(steady, "ttft_slo")
     if s.engine_waiting is not None and s.engine_waiting > 0:
-        return _Wish(current, "engine_queue")
+        return _Wish(steady, "engine_queue")
     if s.ongoing_requests <= 0:
         return _Wish(p.min_replicas, "idle")
     fits = math.ceil(s.ongoing_requests / (p.target_ongoing_requests * p.downscale_headroom))
-    return _Wish(min(current, max(fits, 1)), "ongoing_requests")
+    return _Wish(min(steady, max(fits, 1)), "ongoing_requests")
 
 
 def _bounded(replicas: int, p: ScalingParams) -> int:

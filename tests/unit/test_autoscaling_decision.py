@@ -162,3 +162,11 @@ def test_the_decision_reports_direction_and_reason():
     fleet = Fleet(replicas=4)
     decision = fleet.tick(ongoing=1)
     assert (decision.direction, decision.reason, decision.replicas) == (DOWN, "ongoing_requests", 4)
+
+
+def test_replicas_still_starting_are_not_cancelled_by_a_steady_load():
+    # 2 running, 1 starting: 55 ongoing needs 3 at 70 % headroom; nothing to scale down.
+    signals = Signals(0.0, current_replicas=2, target_replicas=3, ongoing_requests=55)
+    params = replace(PARAMS, target_ongoing_requests=32, downscale_delay_s=0)
+    decision, _ = decide(signals, params, {})
+    assert decision.replicas == 3

@@ -86,6 +86,11 @@ def test_request_targets_are_set_so_autoscaling_works():
     assert autoscaling["target_ongoing_requests"] == 32
 
 
+def test_a_replica_removed_by_scale_down_finishes_its_requests_first():
+    config = catalog.deployment_config(PoolSettings(id="gemma-4-31b-it", drain_timeout_s=900))
+    assert config["graceful_shutdown_timeout_s"] == 900
+
+
 def test_pools_scale_with_our_policy_whose_delays_replace_serves():
     config = catalog.autoscaling_config(
         PoolSettings(id="gemma-4-31b-it", autoscaling={"upscale_delay_s": 7}), None

@@ -22,15 +22,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 install: $(STAMP)
 
-# A real Prometheus (and promtool) for the PromQL and alert-rule tests: Debian's package,
-# installed when missing and we may (CI runs as root); otherwise those tests say what to do.
+# A real Prometheus (and promtool) for the PromQL and alert-rule tests, and a real Redis for
+# the shared rate limits: Debian's packages, installed when missing and we may (CI runs as
+# root); otherwise make says what to install.
 system-deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null \
+	  && command -v redis-server >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	      apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null; \
 	  else \
-	    echo "make: prometheus is missing; as root: apt-get install prometheus" >&2; exit 1; \
+	    echo "make: needs prometheus and redis-server; as root: apt-get install prometheus redis-server" >&2; \
+	    exit 1; \
 	  fi; }
 
 # Rebuilt whenever the lock or the package metadata changes.

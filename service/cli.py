@@ -14,7 +14,7 @@ import yaml
 
 from service import catalog
 from service.errors import ConfigError
-from service.settings import ServerSettings, Settings, load_settings
+from service.settings import ServerSettings, Settings, access_problem, load_settings
 
 # How long Serve's proxy lets a request run beyond the gateway's own deadline: the
 # gateway answers first, with a proper error.
@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the resolved pools and engine args")
     check.add_argument("config", type=Path, nargs="?", help="YAML file (default: embedded)")
     check.set_defaults(func=cmd_check_config)
+
+    from service.access.keys_cli import add_keys_commands
+
+    add_keys_commands(sub)
     return parser
 
 
@@ -98,7 +102,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
+        try:
+            access_problem(server, settings.access)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         settings = settings.model_copy(update={"server": server})
+    if settings.access.keys_file is not None:
+        from service.access.keys import KeyFile
+
+        KeyFile(settings.access.keys_file).current()  # a broken file stops us here, not later
+    else:
+        print(AUTH_OFF_WARNING, file=sys.stderr, flush=True)
     if any(catalog.is_tiny(pool) for pool in settings.pools):
         from service.tinymodels import build_tiny_checkpoints
 
@@ -164,10 +178,21 @@ def stop_service() -> None:
     ray.shutdown()
 
 
+AUTH_OFF_WARNING = (
+    "gemma-serve: WARNING: authentication is OFF (no access.keys_file). Anyone who can reach "
+    "this loopback address can use every model. Set access.keys_file before exposing it."
+)
+
+
 def metrics_url(settings: Settings) -> str:
     if settings.ray.address:
         return "on each Ray node's metrics port (see docs/metrics.md)"
     return f"http://127.0.0.1:{settings.telemetry.metrics_port}/metrics"
+
+
+def auth_line(settings: Settings) -> str:
+    keys = settings.access.keys_file
+    return f"API keys from {keys}" if keys else "OFF (loopback only; see the warning above)"
 
 
 def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
@@ -179,6 +204,7 @@ def _ready_banner(base: str, settings: Settings, elapsed_s: float) -> str:
         f'    -d \'{{"model": "gemma-4", "messages": '
         f'[{{"role": "user", "content": "Hello"}}]}}\'\n\n'
         f"  metrics: {metrics_url(settings)}\n"
+        f"  authentication: {auth_line(settings)}\n"
         "  Ctrl-C stops the service.\n"
     )
 

@@ -93,6 +93,39 @@ class PoolAtCapacity(ServiceUnavailable):
     shed_reason = "capacity"
 
 
+class RateLimited(ServiceError):
+    """A tenant's requests, tokens or concurrency limit is used up (OpenAI's 429 shape)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+    shed_reason = "rate_limit"
+
+    def __init__(self, message: str, *, limited_by: str, retry_after_s: int, headers: dict):
+        super().__init__(message)
+        self.type = limited_by  # OpenAI names the exhausted limit here: requests | tokens
+        self.retry_after_s = retry_after_s
+        self._headers = headers
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s), **self._headers}
+
+
+class ShedForPriority(ServiceError):
+    """The pool is busy and keeps its remaining room for higher priority classes."""
+
+    status = 429
+    type = "overloaded"
+    code = "shed_for_priority"
+    shed_reason = "priority"
+
+    def __init__(self, message: str, *, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class EngineError(ServiceError):
     """The engine failed; the client gets a generic message, the log gets the cause."""
 

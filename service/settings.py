@@ -7,6 +7,7 @@ two tiny Gemma 4 checkpoints on CPU engines, bound to loopback.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -213,6 +214,34 @@ class TelemetrySettings(Strict):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
 
 
+class AccessSettings(Strict):
+    keys_file: Path | None = Field(
+        None, description="API keys and tenants (docs/operator-guide.md); unset: no authentication"
+    )
+    keys_reload_interval_s: float = Field(2.0, gt=0, description="how often the file is re-read")
+    redis_url: str | None = Field(
+        None, description="shared limit and usage state for several gateway replicas"
+    )
+    on_store_error: Literal["open", "closed"] = Field(
+        "open", description="when Redis fails: admit (open) or answer 503 (closed)"
+    )
+    priority_shares: dict[Literal["high", "normal", "low"], float] = Field(
+        default_factory=lambda: {"high": 1.0, "normal": 0.85, "low": 0.6},
+        description="share of a pool's saturation threshold at which each class is shed",
+    )
+    audit_file: Path | None = Field(
+        None, description="JSON-lines audit log; unset: the gateway's log (stderr)"
+    )
+    audit_content: bool = Field(False, description="also log each request's prompt")
+
+    @model_validator(mode="after")
+    def _shares(self) -> AccessSettings:
+        bad = {k: v for k, v in self.priority_shares.items() if not 0 < v <= 1}
+        if bad or set(self.priority_shares) != {"high", "normal", "low"}:
+            raise ValueError("priority_shares needs high, normal and low, each in (0, 1]")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -224,6 +253,7 @@ class Settings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
     cache_dir: Path = Field(
         Path("~/.cache/gemma-serve"), description="tiny checkpoints and other build products"
     )
@@ -250,6 +280,7 @@ class Settings(BaseSettings):
         clash = sorted(set(self.server.aliases) & set(ids))
         if clash:
             raise ValueError(f"server.aliases {clash} collide with pool ids")
+        access_problem(self.server, self.access)
         for rule in ("interactive_pool", "quality_pool"):
             named = getattr(self.routing, rule)
             if named is not None and named not in ids:
@@ -262,6 +293,29 @@ class Settings(BaseSettings):
     @property
     def resolved_cache_dir(self) -> Path:
         return self.cache_dir.expanduser().resolve()
+
+
+def access_problem(server: ServerSettings, access: AccessSettings) -> None:
+    """Refuses an open service on a network address, and per-replica limits."""
+    if access.keys_file is None and not is_loopback(server.host):
+        raise ValueError(
+            f"server.host {server.host} is reachable from other machines, and no API keys are "
+            "configured: set access.keys_file (docs/operator-guide.md), or bind 127.0.0.1"
+        )
+    if server.gateway_replicas > 1 and access.keys_file and not access.redis_url:
+        raise ValueError(
+            "with several gateway replicas, rate limits need shared state: set "
+            "access.redis_url (docs/limits.md)"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(config_path: Path | None = None) -> Settings:

@@ -7,6 +7,7 @@ backend and the Serve deployment can build it once per replica.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,8 +21,10 @@ from starlette.responses import JSONResponse, Response
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from service import catalog
+from service.access.gate import AccessControl, RequestContext
 from service.errors import (
     ContextLengthExceeded,
+    InvalidRequest,
     MethodNotAllowed,
     RouteNotFound,
     ServiceError,
@@ -31,7 +34,7 @@ from service.gateway.dispatch import PoolBackend, call_pool
 from service.gateway.models import ModelDirectory
 from service.gateway.multimodal import MediaLimits, check_pool_accepts, inspect_messages
 from service.gateway.requests import parse_as, read_json_object
-from service.routing.features import chat_features, completion_features
+from service.routing.features import RequestFeatures, chat_features, completion_features
 from service.routing.load import LoadTracker
 from service.routing.policy import Decision
 from service.routing.setup import build_policy
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_ID_HEADER = "x-trace-id"
+USAGE_MAX_WINDOW_S = 24 * 3600
 
 
 def create_app(
@@ -53,6 +57,7 @@ def create_app(
     loads: LoadTracker | None = None,
     recorder: MetricsRecorder | None = None,
     tracer: Tracer | None = None,
+    access: AccessControl | None = None,
 ) -> FastAPI:
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
     directory = ModelDirectory(settings)
@@ -66,28 +71,50 @@ def create_app(
     async def generate(request: Request, endpoint: str, model_cls: type) -> Response:
         telemetry = RequestTelemetry(endpoint, request.url.path, request.headers, recorder, tracer)
         request.state.trace_id = telemetry.trace_id
+        ctx = RequestContext(request_id=request.headers.get(REQUEST_ID_HEADER, ""))
+        if access is not None:
+            telemetry.on_close(lambda outcome: access.finish(ctx, outcome))
         try:
-            return await _generate(request, endpoint, model_cls, telemetry)
+            return await _generate(request, endpoint, model_cls, telemetry, ctx)
         except BaseException as exc:  # a pool answer closes it itself; this is a no-op then
             telemetry.close(_status_of(exc), exc)
             raise
 
     async def _generate(
-        request: Request, method: str, model_cls: type, telemetry: RequestTelemetry
+        request: Request,
+        method: str,
+        model_cls: type,
+        telemetry: RequestTelemetry,
+        ctx: RequestContext,
     ) -> Response:
         with telemetry.span("auth") as span:
+            ctx.principal = access.authenticate(request.headers) if access else None
+            if ctx.principal is not None and ctx.principal.tenant is not None:
+                telemetry.tenant = ctx.principal.tenant.id
             if span is not None:
-                span.set_attribute("gemma.auth.mode", "none")
+                span.set_attribute("gemma.auth.mode", "api_key" if ctx.principal else "none")
+                span.set_attribute("gemma.tenant", telemetry.tenant)
         body = parse_as(model_cls, await read_json_object(request, settings.server.max_body_bytes))
+        ctx.model = body.model
+        if access is not None and access.audit is not None and access.audit.include_content:
+            ctx.prompt = _prompt_text(body)
+        if not directory.is_alias(body.model):
+            directory.pool_id(body.model)  # an unknown model is 404 before it is 403
+        if access is not None:
+            access.check_request(ctx.principal, body)
         with telemetry.span("route") as span:
-            decision, media = route(request, body)
+            decision, media, features = route(request, body)
             if span is not None:
                 span.set_attributes(
                     {"gemma.route.pool": decision.pool_id, "gemma.route.reason": decision.reason,
                      "gemma.request.model": body.model}
                 )  # fmt: skip
         telemetry.routed(decision.pool_id, decision.reason)
+        ctx.route_reason = decision.reason
         pool = settings.pool(decision.pool_id)
+        if access is not None:
+            load = loads.snapshot().get(pool.id)
+            access.check_priority(ctx.principal, load, policy.thresholds, pool.id)
         if media is not None:
             check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
         _check_max_tokens(body, catalog.max_model_len(pool))
@@ -96,6 +123,10 @@ def create_app(
         if isinstance(body, ChatCompletionRequest):
             body = _sanitize_chat_completion_request(body)
         headers = {"x-routed-model": pool.id, "x-route-reason": decision.reason}
+        if access is not None:
+            ctx.admission = await access.admit(ctx.principal, ctx.request_id, features.total_tokens)
+            if ctx.admission is not None:
+                headers |= ctx.admission.headers
         if telemetry.trace_id:
             headers[TRACE_ID_HEADER] = telemetry.trace_id
         return await call_pool(
@@ -110,7 +141,7 @@ def create_app(
             finish=loads.started(pool.id),
         )
 
-    def route(request: Request, body: Any) -> tuple[Decision, Any]:
+    def route(request: Request, body: Any) -> tuple[Decision, Any, RequestFeatures]:
         tier = request.headers.get(routing.tier_header)
         if isinstance(body, ChatCompletionRequest):
             media = inspect_messages(body.messages, media_limits)
@@ -130,8 +161,8 @@ def create_app(
                 tier=tier,
             )
         if directory.is_alias(body.model):
-            return policy.route(features, loads.snapshot()), media
-        return policy.pin(directory.pool_id(body.model), features), media
+            return policy.route(features, loads.snapshot()), media, features
+        return policy.pin(directory.pool_id(body.model), features), media, features
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -141,13 +172,39 @@ def create_app(
     async def completions(request: Request) -> Response:
         return await generate(request, "completions", CompletionRequest)
 
+    def visible(request: Request) -> Callable[[str], bool]:
+        principal = access.authenticate(request.headers) if access else None
+        if principal is None:
+            return lambda model: True
+        principal.check_model_api()
+        return principal.tenant.may_use
+
     @app.get("/v1/models")
-    async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": directory.cards()}
+    async def list_models(request: Request) -> dict[str, Any]:
+        may_use = visible(request)
+        return {"object": "list", "data": [c for c in directory.cards() if may_use(c["id"])]}
 
     @app.get("/v1/models/{model:path}")
-    async def get_model(model: str) -> dict[str, Any]:
+    async def get_model(model: str, request: Request) -> dict[str, Any]:
+        if not visible(request)(model):
+            raise directory.not_found(model)
         return directory.card(model)
+
+    @app.get("/admin/usage")
+    async def usage(request: Request, window_s: int = 3600) -> dict[str, Any]:
+        if access is None:
+            raise RouteNotFound("the admin API needs access control (settings: access)")
+        access.authorize_admin(request.headers)
+        if not 60 <= window_s <= USAGE_MAX_WINDOW_S:
+            raise InvalidRequest(
+                f"window_s is {window_s}; it must lie in [60, {USAGE_MAX_WINDOW_S}]",
+                param="window_s",
+            )
+        return {
+            "object": "usage",
+            "window_s": window_s,
+            "data": await access.usage_report(window_s),
+        }
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -163,6 +220,13 @@ def create_app(
         )
 
     return app
+
+
+def _prompt_text(body: Any) -> str:
+    """The request's input for the audit log (only with access.audit_content)."""
+    if isinstance(body, ChatCompletionRequest):
+        return json.dumps(body.model_dump(mode="json", include={"messages"})["messages"])
+    return json.dumps(body.prompt if isinstance(body.prompt, str | list) else str(body.prompt))
 
 
 def _ask_for_usage(body: Any) -> bool:

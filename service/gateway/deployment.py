@@ -12,6 +12,7 @@ from ray import serve
 from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.handle import DeploymentHandle
 
+from service.access.gate import build_access
 from service.gateway.api import create_app
 from service.routing.load import EngineSample, LoadTracker
 from service.settings import Settings
@@ -58,6 +59,7 @@ class Gateway:
             self._loads,
             recorder=self._recorder,
             tracer=build_tracer(self._settings.telemetry.tracing),
+            access=build_access(self._settings),
         )
 
     async def _refresh_forever(self) -> None:

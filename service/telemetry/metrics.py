@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 NO_POOL = "none"  # refused before a pool was chosen
+NO_TENANT = "none"  # authentication off, or refused before the caller was known
 
 TTFT_BUCKETS_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5]
 TTFT_BUCKETS_S += [10, 15, 20, 30, 60]
@@ -34,6 +35,7 @@ class RequestOutcome:
     itl_s: float | None = None  # streaming with two or more tokens
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    tenant: str = NO_TENANT
 
     @property
     def status_class(self) -> str:
@@ -72,21 +74,25 @@ class RayMetricsRecorder:
             )
 
         self._requests = counter(
-            "requests", "Requests answered, by endpoint, pool and status class.",
-            "endpoint", "pool", "status_class",
+            "requests", "Requests answered, by endpoint, pool, status class and tenant.",
+            "endpoint", "pool", "status_class", "tenant",
         )  # fmt: skip
         self._errors = counter(
             "errors", "Requests answered with an error, by status and error code.",
             "pool", "status", "code",
         )  # fmt: skip
-        self._shed = counter("shed_requests", "Requests refused for load.", "pool", "reason")
+        self._shed = counter(
+            "shed_requests", "Requests refused for load or limits.", "pool", "reason", "tenant"
+        )
         self._decisions = counter(
             "route_decisions", "Requests routed, by the pool chosen and the rule that chose it.",
             "pool", "reason",
         )  # fmt: skip
-        self._prompt_tokens = counter("prompt_tokens", "Prompt tokens, from usage.", "pool")
+        self._prompt_tokens = counter(
+            "prompt_tokens", "Prompt tokens, from usage.", "pool", "tenant"
+        )
         self._completion_tokens = counter(
-            "completion_tokens", "Generated tokens, from usage.", "pool"
+            "completion_tokens", "Generated tokens, from usage.", "pool", "tenant"
         )
         self._in_flight = Gauge(
             "gemma_serve_requests_in_flight",
@@ -116,18 +122,19 @@ class RayMetricsRecorder:
 
     def finished(self, o: RequestOutcome) -> None:
         pool = {"pool": o.pool}
+        tenant = pool | {"tenant": o.tenant}
         by_status = {"endpoint": o.endpoint, "pool": o.pool, "status_class": o.status_class}
-        self._requests.inc(tags=by_status)
+        self._requests.inc(tags=by_status | {"tenant": o.tenant})
         self._duration.observe(o.duration_s, tags=by_status)
         if o.status >= 400:
             self._errors.inc(tags=pool | {"status": str(o.status), "code": o.error_code or ""})
         if o.shed_reason:
-            self._shed.inc(tags=pool | {"reason": o.shed_reason})
+            self._shed.inc(tags=tenant | {"reason": o.shed_reason})
         if o.ttft_s is not None:
             self._ttft.observe(o.ttft_s, tags=pool)
         if o.itl_s is not None:
             self._itl.observe(o.itl_s, tags=pool)
         if o.prompt_tokens:
-            self._prompt_tokens.inc(o.prompt_tokens, tags=pool)
+            self._prompt_tokens.inc(o.prompt_tokens, tags=tenant)
         if o.completion_tokens:
-            self._completion_tokens.inc(o.completion_tokens, tags=pool)
+            self._completion_tokens.inc(o.completion_tokens, tags=tenant)

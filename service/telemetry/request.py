@@ -7,6 +7,7 @@ no-ops, so a request is counted exactly once however it ends.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -22,8 +23,10 @@ from opentelemetry.trace import (
 )
 
 from service.errors import ServiceError
-from service.telemetry.metrics import NO_POOL, MetricsRecorder, RequestOutcome
+from service.telemetry.metrics import NO_POOL, NO_TENANT, MetricsRecorder, RequestOutcome
 from service.telemetry.tracing import incoming_context, outgoing_headers
+
+log = logging.getLogger(__name__)
 
 # nginx's convention: the client closed the connection before the answer was complete.
 CLIENT_CLOSED = 499
@@ -49,6 +52,8 @@ class RequestTelemetry:
         self._clock = clock
         self._start = clock()
         self.pool = NO_POOL
+        self.tenant = NO_TENANT
+        self._on_close: list[Callable[[RequestOutcome], None]] = []
         self._first_output_at: float | None = None
         self._last_output_at: float | None = None
         self._usage: tuple[int, int] | None = None
@@ -80,6 +85,10 @@ class RequestTelemetry:
             yield span
         finally:
             span.end()
+
+    def on_close(self, callback: Callable[[RequestOutcome], None]) -> None:
+        """Runs once with the outcome when the request ends (accounting, audit)."""
+        self._on_close.append(callback)
 
     def routed(self, pool: str, reason: str) -> None:
         self.pool = pool
@@ -124,20 +133,25 @@ class RequestTelemetry:
         if self.pool == NO_POOL and getattr(error, "pool_id", None):
             self.pool = error.pool_id  # refused at routing, on behalf of this pool
         prompt, completion = self._usage or (None, None)
-        self._recorder.finished(
-            RequestOutcome(
-                endpoint=self._endpoint,
-                pool=self.pool,
-                status=status,
-                duration_s=self._clock() - self._start,
-                error_code=service_error.code if service_error else _code_of(status),
-                shed_reason=service_error.shed_reason if service_error else None,
-                ttft_s=self._ttft(),
-                itl_s=self._itl(completion),
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-            )
+        outcome = RequestOutcome(
+            endpoint=self._endpoint,
+            pool=self.pool,
+            tenant=self.tenant,
+            status=status,
+            duration_s=self._clock() - self._start,
+            error_code=service_error.code if service_error else _code_of(status),
+            shed_reason=service_error.shed_reason if service_error else None,
+            ttft_s=self._ttft(),
+            itl_s=self._itl(completion),
+            prompt_tokens=prompt,
+            completion_tokens=completion,
         )
+        self._recorder.finished(outcome)
+        for callback in self._on_close:
+            try:
+                callback(outcome)
+            except Exception:  # accounting must never break the answer
+                log.exception("a request's close callback failed")
         self._end_spans(status, error, prompt, completion)
 
     def _ttft(self) -> float | None:

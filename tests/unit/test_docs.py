@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from service.settings import (
+    AccessSettings,
     AutoscalingSettings,
     MediaSettings,
     PoolSettings,
@@ -31,6 +32,7 @@ DOCS = Path(__file__).parents[2] / "docs"
         (RoutingSettings, ""),
         (MediaSettings, ""),
         (AutoscalingSettings, ""),
+        (AccessSettings, ""),
         (TelemetrySettings, ""),
         (TracingSettings, "tracing."),
     ],

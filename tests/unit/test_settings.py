@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.errors import ConfigError
 from service.settings import Settings, load_settings
@@ -95,3 +96,17 @@ def test_a_routing_rule_naming_an_unknown_pool_fails_at_start(tmp_path):
 def test_an_unknown_routing_step_fails_at_start(tmp_path):
     with pytest.raises(ConfigError, match="routing.steps.0"):
         load_settings(write(tmp_path, "routing: {steps: [coin_flip]}\n"))
+
+
+def test_binding_a_network_address_without_api_keys_is_refused():
+    with pytest.raises(ValidationError, match="access.keys_file"):
+        Settings(server={"host": "0.0.0.0"})
+
+
+def test_loopback_without_api_keys_is_allowed():
+    assert Settings(server={"host": "::1"}).access.keys_file is None
+
+
+def test_several_gateway_replicas_with_limits_need_redis(tmp_path):
+    with pytest.raises(ValidationError, match="access.redis_url"):
+        Settings(server={"gateway_replicas": 2}, access={"keys_file": tmp_path / "k.yaml"})

@@ -1,0 +1,232 @@
+"""Access control in the gateway's request path, with a real keys file and the in-memory
+limiter: who may call, what they may call, how much, and what is written down."""
+
+import asyncio
+import json
+import logging
+
+import httpx
+import pytest
+
+from service.access.audit import AUDIT_LOGGER, AuditLog
+from service.access.gate import AccessControl
+from service.access.keys import KeyFile, create_key, revoke_key
+from service.access.limits import MemoryRateLimiter
+from service.access.usage import MemoryUsageStore
+from service.gateway.api import create_app
+from service.routing.load import LoadTracker
+from service.settings import AccessSettings, Settings
+from tests.unit.gateway_fakes import FakeBackend, RecordingRecorder, chat_body
+
+CHAT = "/v1/chat/completions"
+MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
+
+
+@pytest.fixture
+def keys_path(tmp_path):
+    return tmp_path / "keys.yaml"
+
+
+@pytest.fixture
+def team_key(keys_path):
+    return create_key(keys_path, "team-a", models=["gemma-4", MOE], requests_per_minute=3)
+
+
+@pytest.fixture
+def admin_key(keys_path, team_key):
+    return create_key(keys_path, None, admin=True)
+
+
+class Gateway:
+    def __init__(self, keys_path, settings=None, loads=None, audit_path=None, content=False):
+        self.settings = settings or Settings(server={"request_timeout_s": 5})
+        self.backend = FakeBackend()
+        self.recorder = RecordingRecorder()
+        self.usage = MemoryUsageStore(retention_s=3600)
+        self.access = AccessControl(
+            AccessSettings(keys_file=keys_path),
+            keys=KeyFile(keys_path, reload_interval_s=0.0),
+            limiter=MemoryRateLimiter(lease_ttl_s=60),
+            usage=self.usage,
+            audit=AuditLog(audit_path, include_content=content, name=f"audit-{id(self)}"),
+            retry_after_s=2,
+        )
+        self.app = create_app(
+            self.settings, self.backend, lambda: None, loads, self.recorder, access=self.access
+        )
+
+    def client(self, key=None):
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        transport = httpx.ASGITransport(app=self.app)
+        return httpx.AsyncClient(transport=transport, base_url="http://gw", headers=headers)
+
+    async def chat(self, key=None, **body):
+        async with self.client(key) as c:
+            return await c.post(CHAT, json=chat_body(**body))
+
+
+@pytest.fixture
+def gateway(keys_path, team_key, admin_key, tmp_path):
+    return Gateway(keys_path, audit_path=tmp_path / "audit.jsonl")
+
+
+def error_of(response, status):
+    assert response.status_code == status, response.text
+    return response.json()["error"]
+
+
+# --- who may call -----------------------------------------------------------------------
+
+
+async def test_no_key_is_401_saying_how_to_send_one(gateway):
+    error = error_of(await gateway.chat(), 401)
+    assert error["code"] == "missing_api_key" and "Bearer" in error["message"]
+
+
+async def test_an_unknown_key_is_401_and_not_echoed(gateway):
+    bad = "gsk_0123456789ab_" + "x" * 43
+    response = await gateway.chat(bad)
+    assert error_of(response, 401)["code"] == "invalid_api_key"
+    assert "x" * 43 not in response.text
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_a_revoked_key_is_401_from_the_next_request(gateway, keys_path, team_key):
+    assert (await gateway.chat(team_key)).status_code == 200
+    revoke_key(keys_path, team_key.split("_")[1])
+    assert error_of(await gateway.chat(team_key), 401)["code"] == "api_key_revoked"
+
+
+async def test_a_key_added_to_the_file_works_without_a_restart(gateway, keys_path):
+    new_key = create_key(keys_path, "team-b", models=["*"])
+    assert (await gateway.chat(new_key)).status_code == 200
+
+
+async def test_a_model_outside_the_tenants_list_is_403(gateway, team_key):
+    error = error_of(await gateway.chat(team_key, model=DENSE), 403)
+    assert error["code"] == "model_not_allowed" and DENSE in error["message"]
+
+
+async def test_an_unknown_model_is_404_even_for_a_restricted_tenant(gateway, team_key):
+    assert error_of(await gateway.chat(team_key, model="gpt-4"), 404)["code"] == "model_not_found"
+
+
+async def test_an_admin_key_cannot_call_models(gateway, admin_key):
+    assert error_of(await gateway.chat(admin_key), 403)["code"] == "admin_key_not_allowed"
+
+
+async def test_models_lists_only_what_the_tenant_may_call(gateway, team_key):
+    async with gateway.client(team_key) as c:
+        ids = {m["id"] for m in (await c.get("/v1/models")).json()["data"]}
+    assert ids == {"gemma-4", MOE}
+
+
+# --- how much -------------------------------------------------------------------------------
+
+
+async def test_the_rate_limit_answers_429_with_retry_after_and_ratelimit_headers(gateway, team_key):
+    for _ in range(3):
+        ok = await gateway.chat(team_key)
+        assert ok.status_code == 200
+    assert ok.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = await gateway.chat(team_key)
+    error = error_of(refused, 429)
+    assert (error["code"], error["type"]) == ("rate_limit_exceeded", "requests")
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    assert len(gateway.backend.calls) == 3  # the refused request never reached a pool
+
+
+async def test_tokens_are_charged_by_estimate_while_a_request_runs(keys_path):
+    key = create_key(keys_path, "team-t", models=["*"], tokens_per_minute=100)
+    gateway = Gateway(keys_path)
+    gateway.backend.delay_s = 0.2
+    first, second = await asyncio.gather(
+        gateway.chat(key, max_tokens=60), gateway.chat(key, max_tokens=60)
+    )  # each estimated at ~62 tokens: both do not fit in 100
+    assert sorted([first.status_code, second.status_code]) == [200, 429]
+    assert error_of(first if first.status_code == 429 else second, 429)["type"] == "tokens"
+
+
+async def test_tokens_are_settled_to_real_usage_when_a_request_ends(keys_path):
+    key = create_key(keys_path, "team-t", models=["*"], tokens_per_minute=100)
+    gateway = Gateway(keys_path)
+    assert (await gateway.chat(key, max_tokens=60)).status_code == 200
+    await asyncio.sleep(0)  # settled in the background: 4 real tokens, not ~62
+    assert (await gateway.chat(key, max_tokens=60)).status_code == 200
+
+
+async def test_max_tokens_above_the_tenants_cap_is_400(keys_path):
+    key = create_key(keys_path, "team-c", models=["*"], max_tokens=64)
+    gateway = Gateway(keys_path)
+    error = error_of(await gateway.chat(key, max_tokens=65), 400)
+    assert (error["code"], error["param"]) == ("max_tokens_exceeded", "max_tokens")
+
+
+async def test_a_request_without_max_tokens_gets_the_tenants_cap(keys_path):
+    key = create_key(keys_path, "team-c", models=["*"], max_tokens=64)
+    gateway = Gateway(keys_path)
+    assert (await gateway.chat(key)).status_code == 200
+    assert gateway.backend.calls[0][2].max_tokens == 64
+
+
+async def test_low_priority_is_shed_before_high_on_a_busy_pool(keys_path):
+    low = create_key(keys_path, "batch", models=["*"], priority="low")
+    high = create_key(keys_path, "interactive", models=["*"], priority="high")
+    settings = Settings(routing={"max_ongoing_per_replica": 10})
+    loads = LoadTracker([MOE, DENSE])
+    for _ in range(7):  # 70 % of the interactive pool: above low's 60 %, below high's 100 %
+        loads.started(MOE)
+    gateway = Gateway(keys_path, settings=settings, loads=loads)
+    shed = await gateway.chat(low, model=MOE)
+    assert error_of(shed, 429)["code"] == "shed_for_priority" and shed.headers["retry-after"]
+    assert (await gateway.chat(high, model=MOE)).status_code == 200
+    assert [o.shed_reason for o in gateway.recorder.outcomes] == ["priority", None]
+
+
+# --- what is written down -------------------------------------------------------------------
+
+
+async def test_usage_is_reported_per_tenant_to_admin_keys_only(gateway, team_key, admin_key):
+    await gateway.chat(team_key)
+    await asyncio.sleep(0)  # usage is recorded in the background once the answer is out
+    async with gateway.client(team_key) as c:
+        assert error_of(await c.get("/admin/usage"), 403)["code"] == "admin_key_required"
+    async with gateway.client(admin_key) as c:
+        rows = (await c.get("/admin/usage", params={"window_s": 600})).json()["data"]
+    assert rows == [
+        {"tenant": "team-a", "model": MOE, "requests": 1, "prompt_tokens": 3,
+         "completion_tokens": 1}
+    ]  # fmt: skip
+
+
+async def test_each_request_writes_one_audit_line_without_content(gateway, team_key, tmp_path):
+    await gateway.chat(team_key, messages=[{"role": "user", "content": "secret plans"}])
+    await gateway.chat()  # a 401 is audited too
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(x["tenant"], x["status"]) for x in lines] == [("team-a", 200), ("none", 401)]
+    first = lines[0]
+    assert first["key_id"] == team_key.split("_")[1] and first["pool"] == MOE
+    assert (first["prompt_tokens"], first["completion_tokens"]) == (3, 1)
+    assert "secret plans" not in (tmp_path / "audit.jsonl").read_text()
+    assert team_key not in (tmp_path / "audit.jsonl").read_text()
+
+
+async def test_audit_content_records_the_prompt_when_turned_on(keys_path, team_key, tmp_path):
+    gateway = Gateway(keys_path, audit_path=tmp_path / "a.jsonl", content=True)
+    await gateway.chat(team_key, messages=[{"role": "user", "content": "secret plans"}])
+    assert "secret plans" in json.loads((tmp_path / "a.jsonl").read_text())["prompt"]
+
+
+async def test_the_key_never_reaches_metrics_or_logs(gateway, team_key, caplog):
+    with caplog.at_level(logging.DEBUG):
+        await gateway.chat(team_key)
+        await gateway.chat(team_key + "x")
+    assert team_key not in caplog.text
+    assert all(team_key not in repr(o) for o in gateway.recorder.outcomes)
+    assert [o.tenant for o in gateway.recorder.outcomes] == ["team-a", "none"]
+
+
+def test_the_audit_logger_does_not_feed_the_service_log():
+    AuditLog(None, include_content=False)
+    assert logging.getLogger(AUDIT_LOGGER).propagate is False

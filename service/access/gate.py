@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.access.audit import AuditEntry, AuditLog
@@ -61,6 +61,7 @@ class AccessControl:
         usage: UsageStore,
         audit: AuditLog | None,
         retry_after_s: int,
+        on_store_error: Callable[[], None] = lambda: None,
     ):
         self._settings = settings
         self._keys = keys
@@ -68,6 +69,7 @@ class AccessControl:
         self._usage = usage
         self.audit = audit
         self._retry_after_s = retry_after_s
+        self._on_store_error = on_store_error
         self._tasks: set[asyncio.Task] = set()
 
     @property
@@ -120,6 +122,7 @@ class AccessControl:
                 tenant.id, limits, request_id=request_id, estimated_tokens=estimated_tokens
             )
         except LimiterUnavailable as exc:
+            self._on_store_error()
             fail = self._settings.on_store_error
             log.error("rate-limit store unavailable (on_store_error=%s): %s", fail, exc)
             if fail == "closed":
@@ -224,7 +227,7 @@ def audit_entry(ctx: RequestContext, outcome: RequestOutcome) -> AuditEntry:
     )
 
 
-def build_access(settings: Settings) -> AccessControl:
+def build_access(settings: Settings, on_store_error: Callable[[], None]) -> AccessControl:
     """One per gateway replica: the keys file it re-reads, and the shared (or local) stores."""
     a = settings.access
     keys = KeyFile(a.keys_file, reload_interval_s=a.keys_reload_interval_s) if a.keys_file else None
@@ -237,4 +240,5 @@ def build_access(settings: Settings) -> AccessControl:
         usage=build_usage_store(a.redis_url),
         audit=AuditLog(a.audit_file, include_content=a.audit_content),
         retry_after_s=settings.routing.retry_after_s,
+        on_store_error=on_store_error,
     )

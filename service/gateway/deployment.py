@@ -59,7 +59,7 @@ class Gateway:
             self._loads,
             recorder=self._recorder,
             tracer=build_tracer(self._settings.telemetry.tracing),
-            access=build_access(self._settings),
+            access=build_access(self._settings, self._recorder.limiter_error),
         )
 
     async def _refresh_forever(self) -> None:

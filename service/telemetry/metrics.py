@@ -88,6 +88,9 @@ class RayMetricsRecorder:
             "route_decisions", "Requests routed, by the pool chosen and the rule that chose it.",
             "pool", "reason",
         )  # fmt: skip
+        self._limiter_errors = counter(
+            "limiter_errors", "Requests whose rate limits could not be checked (Redis down)."
+        )
         self._prompt_tokens = counter(
             "prompt_tokens", "Prompt tokens, from usage.", "pool", "tenant"
         )
@@ -116,6 +119,9 @@ class RayMetricsRecorder:
 
     def in_flight(self, pool: str, count: int) -> None:
         self._in_flight.set(count, tags={"pool": pool})
+
+    def limiter_error(self) -> None:
+        self._limiter_errors.inc()
 
     def routed(self, pool: str, reason: str) -> None:
         self._decisions.inc(tags={"pool": pool, "reason": reason})

@@ -65,6 +65,13 @@ def test_up_prints_the_base_url_and_a_curl_example(served):
     assert f"curl {base}/v1/chat/completions" in text
 
 
+def test_up_says_loudly_that_authentication_is_off(served):
+    _, _, log, _ = served
+    text = log.read_text()
+    assert "WARNING: authentication is OFF" in text
+    assert "authentication: OFF" in text
+
+
 def test_up_prints_the_metrics_url_and_it_serves_every_family(served):
     _, base, log, metrics_port = served
     url = f"http://127.0.0.1:{metrics_port}/metrics"

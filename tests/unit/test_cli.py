@@ -35,3 +35,17 @@ def test_check_config_refuses_a_bad_file_naming_the_field(tmp_path, capsys):
     bad.write_text("pools: [{id: gemma-4-31b-it, tensor_parallel_size: 0}]\n")
     assert main(["check-config", str(bad)]) == 2
     assert "pools.0.tensor_parallel_size" in capsys.readouterr().err
+
+
+def test_up_on_a_network_address_without_keys_refuses_before_starting_anything(capsys):
+    assert main(["up", "--host", "0.0.0.0"]) == 2
+    assert "access.keys_file" in capsys.readouterr().err
+
+
+def test_up_with_a_broken_keys_file_refuses_naming_the_problem(tmp_path, capsys):
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("tenants: [{id: a}]\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"access: {{keys_file: {keys}}}\n")
+    assert main(["up", "--config", str(config)]) == 2
+    assert "tenants.0" in capsys.readouterr().err

@@ -230,3 +230,36 @@ async def test_the_key_never_reaches_metrics_or_logs(gateway, team_key, caplog):
 def test_the_audit_logger_does_not_feed_the_service_log():
     AuditLog(None, include_content=False)
     assert logging.getLogger(AUDIT_LOGGER).propagate is False
+
+
+async def test_max_concurrent_requests_refuses_the_one_over_while_others_run(keys_path):
+    key = create_key(keys_path, "team-p", models=["*"], max_concurrent_requests=1)
+    gateway = Gateway(keys_path)
+    gateway.backend.delay_s = 0.2
+    first, second = await asyncio.gather(gateway.chat(key), gateway.chat(key))
+    refused = first if first.status_code == 429 else second
+    assert error_of(refused, 429)["type"] == "concurrency"
+    await asyncio.sleep(0)  # the slot is released when the running request ends
+    assert (await gateway.chat(key)).status_code == 200
+
+
+async def test_the_key_never_reaches_a_span(keys_path, team_key):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from service.settings import TracingSettings
+    from service.telemetry.tracing import build_tracer
+
+    exporter = InMemorySpanExporter()
+    gateway = Gateway(keys_path)
+    gateway.app = create_app(
+        gateway.settings,
+        gateway.backend,
+        lambda: None,
+        recorder=gateway.recorder,
+        tracer=build_tracer(TracingSettings(), exporter),
+        access=gateway.access,
+    )
+    await gateway.chat(team_key)
+    spans = exporter.get_finished_spans()
+    assert any(s.attributes.get("gemma.tenant") == "team-a" for s in spans)
+    assert team_key.split("_")[2] not in "".join(s.to_json() for s in spans)

@@ -3,13 +3,15 @@ one gateway ingress."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ray.serve.deployment import Application
 from ray.serve.llm import build_llm_deployment
 
 from service import catalog
 from service.gateway.deployment import Gateway
 from service.pool import PoolServer
-from service.settings import Settings
+from service.settings import Settings, settings_from_mapping
 
 APP_NAME = "gemma-serve"
 POOL_DEPLOYMENT_PREFIX = "pool:"
@@ -27,6 +29,12 @@ def build_app(settings: Settings) -> Application:
     }
     gateway = serve_gateway(settings)
     return gateway.bind(settings, pools)
+
+
+def from_args(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder for a RayService (`import_path: service.app:from_args`):
+    `args` is the settings mapping, validated exactly like a config file."""
+    return build_app(settings_from_mapping(dict(args), "serveConfigV2 args"))
 
 
 def serve_gateway(settings: Settings):

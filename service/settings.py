@@ -326,10 +326,14 @@ def load_settings(config_path: Path | None = None) -> Settings:
     if config_path is None and os.environ.get(CONFIG_ENV_VAR):
         config_path = Path(os.environ[CONFIG_ENV_VAR])
     data = _read_yaml(config_path) if config_path is not None else {}
+    return settings_from_mapping(data, str(config_path) if config_path else "embedded defaults")
+
+
+def settings_from_mapping(data: dict[str, Any], source: str) -> Settings:
+    """Settings from an already-parsed mapping (a RayService's application args)."""
     try:
         return Settings(**data)
     except ValidationError as exc:
-        source = str(config_path) if config_path else "embedded defaults"
         raise ConfigError(f"invalid configuration ({source}):\n{_describe(exc)}") from None
 
 

@@ -421,13 +421,15 @@ class RedisOptions:
     """How a gateway replica talks to Redis. The limiter sits in every request's path, so every
     wait is short and bounded; a failure surfaces as LimiterUnavailable, quickly."""
 
-    socket_timeout_s: float = 0.2
-    connect_timeout_s: float = 0.2
+    # Half a second: long enough for a busy gateway host's event loop to get back to the
+    # socket (0.2 s timed out under a loaded 2-core CI run), short enough to fail open fast.
+    socket_timeout_s: float = 0.5
+    connect_timeout_s: float = 0.5
     # A burst of requests shares a few connections instead of opening one each: thousands of
     # simultaneous connects would themselves time out. A script takes about 60 µs in Redis, so
     # 32 connections carry more admissions than one Redis core (or one Python process) can.
     max_connections: int = 32
-    pool_timeout_s: float = 0.2  # waiting for a free connection
+    pool_timeout_s: float = 0.5  # waiting for a free connection
 
 
 def redis_client(url: str, options: RedisOptions = RedisOptions()) -> aioredis.Redis:

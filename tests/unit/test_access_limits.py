@@ -28,6 +28,9 @@ from tests.unit.redis_server import MISSING, find_binary, free_port, redis_serve
 T0 = 1_000_000.0  # a whole second, so bucket arithmetic in the tests is easy to follow
 LEASE_TTL_S = 30.0
 
+# Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.
+PATIENT = RedisOptions(socket_timeout_s=5, connect_timeout_s=5, pool_timeout_s=5)
+
 
 @pytest.fixture(scope="module")
 def redis_url():
@@ -54,7 +57,7 @@ async def replicas(request):
 
         def make(n=1):
             new = [
-                RedisRateLimiter(redis_client(url), lease_ttl_s=LEASE_TTL_S, prefix=prefix)
+                RedisRateLimiter(redis_client(url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix=prefix)
                 for _ in range(n)
             ]
             made.extend(new)
@@ -410,8 +413,10 @@ async def test_in_memory_limits_hold_for_one_replica_only():
 
 
 async def test_redis_keys_carry_the_prefix_and_the_tenant_id_only(redis_url):
-    client = redis_client(redis_url)
-    limiter = RedisRateLimiter(redis_client(redis_url), lease_ttl_s=LEASE_TTL_S, prefix="pfx:")
+    client = redis_client(redis_url, PATIENT)
+    limiter = RedisRateLimiter(
+        redis_client(redis_url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix="pfx:"
+    )
     limits = Limits(requests_per_minute=5, tokens_per_minute=50, max_concurrent_requests=2)
     await admit(limiter, limits, time.time(), tokens=5)
     keys = sorted([key.decode() async for key in client.scan_iter("pfx:*")])
@@ -423,7 +428,9 @@ async def test_redis_keys_carry_the_prefix_and_the_tenant_id_only(redis_url):
 
 
 async def test_without_a_time_redis_uses_its_own_clock(redis_url):
-    limiter = RedisRateLimiter(redis_client(redis_url), lease_ttl_s=LEASE_TTL_S, prefix="clock:")
+    limiter = RedisRateLimiter(
+        redis_client(redis_url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix="clock:"
+    )
     limits = Limits(requests_per_minute=1)
     first = await limiter.admit("acme", limits, request_id="r1", estimated_tokens=0)
     assert abs(first.lease.second - time.time()) < 5

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from service.access.limits import redis_client
+from service.access.limits import RedisOptions, redis_client
 from service.access.usage import (
     RETENTION_S,
     MemoryUsageStore,
@@ -20,6 +20,9 @@ from tests.unit.redis_server import MISSING, find_binary, free_port, redis_serve
 
 T0 = 1_000_020.0  # on a minute boundary (16667 * 60)
 HOUR_S = 3600
+
+# Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.
+PATIENT = RedisOptions(socket_timeout_s=5, connect_timeout_s=5, pool_timeout_s=5)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ async def stores(request):
 
         def make(n=1, retention_s=RETENTION_S):
             new = [
-                RedisUsageStore(redis_client(url), retention_s=retention_s, prefix=prefix)
+                RedisUsageStore(redis_client(url, PATIENT), retention_s=retention_s, prefix=prefix)
                 for _ in range(n)
             ]
             made.extend(new)
@@ -184,8 +187,8 @@ async def test_in_memory_old_minutes_are_dropped_after_the_retention():
 
 
 async def test_redis_minutes_expire_a_retention_after_they_end(redis_url):
-    client = redis_client(redis_url)
-    store = RedisUsageStore(redis_client(redis_url), retention_s=HOUR_S, prefix="ttl:")
+    client = redis_client(redis_url, PATIENT)
+    store = RedisUsageStore(redis_client(redis_url, PATIENT), retention_s=HOUR_S, prefix="ttl:")
     now = time.time()
     await store.record("acme", "m", 1, 1, now=now)
     keys = [key.decode() async for key in client.scan_iter("ttl:usage:*")]

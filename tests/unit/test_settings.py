@@ -110,3 +110,11 @@ def test_loopback_without_api_keys_is_allowed():
 def test_several_gateway_replicas_with_limits_need_redis(tmp_path):
     with pytest.raises(ValidationError, match="access.redis_url"):
         Settings(server={"gateway_replicas": 2}, access={"keys_file": tmp_path / "k.yaml"})
+
+
+def test_rayservice_args_are_validated_like_a_config_file():
+    from service.settings import settings_from_mapping
+
+    with pytest.raises(ConfigError, match=r"(?s)serveConfigV2 args.*pools\.0\.max_model_len"):
+        settings_from_mapping({"pools": [{"id": "gemma-4-31b-it", "max_model_len": 0}]},
+                              "serveConfigV2 args")  # fmt: skip

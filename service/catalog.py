@@ -328,6 +328,13 @@ def llm_config_kwargs(
     }
     if pool.device == "gpu":
         kwargs["accelerator_type"] = pool.accelerator_type
+        if pool.tensor_parallel_size > 1:
+            # Ray's default (PACK) may split a tensor-parallel engine across nodes, where its
+            # all-reduces cross the network: one node per replica, or not scheduled.
+            kwargs["placement_group_config"] = {
+                "bundle_per_worker": {"GPU": 1},
+                "strategy": "STRICT_PACK",
+            }
     else:
         kwargs["placement_group_config"] = {"bundles": [{"CPU": 1}]}
     env = runtime_env(pool, telemetry)

@@ -156,3 +156,10 @@ def test_prefix_affinity_is_off_for_cpu_pools_unless_asked():
     assert "request_router_config" not in catalog.deployment_config(PoolSettings(**cpu))
     on = catalog.deployment_config(PoolSettings(**cpu, prefix_affinity=True))
     assert "request_router_config" in on
+
+
+def test_a_tensor_parallel_replica_is_kept_on_one_node():
+    pool = PoolSettings(id="gemma-4-31b-it", tensor_parallel_size=2)
+    placement = catalog.llm_config_kwargs(pool, CACHE)["placement_group_config"]
+    assert placement["strategy"] == "STRICT_PACK"
+    assert catalog.llm_config(pool, CACHE).placement_group_config["strategy"] == "STRICT_PACK"

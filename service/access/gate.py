@@ -87,12 +87,13 @@ class AccessControl:
         if principal is not None:
             principal.check_admin()
 
-    def check_request(self, principal: Principal | None, body: Any) -> None:
-        """Model allowed and max_tokens within the tenant's cap (which also fills it in)."""
+    def check_request(self, principal: Principal | None, body: Any) -> int | None:
+        """Model allowed and max_tokens within the tenant's cap. Returns the cap when the
+        request set no max_tokens: the caller fits it to the chosen pool's context."""
         if principal is None:
-            return
+            return None
         principal.check_model(body.model)
-        cap_max_tokens(principal.tenant, body)
+        return cap_max_tokens(principal.tenant, body)
 
     def check_priority(
         self, principal: Principal | None, load: PoolLoad | None, thresholds: Thresholds, pool: str
@@ -180,21 +181,23 @@ def limits_of(tenant: Tenant) -> Limits:
     )
 
 
-def cap_max_tokens(tenant: Tenant, body: Any) -> None:
+def cap_max_tokens(tenant: Tenant, body: Any) -> int | None:
     cap = tenant.max_tokens
     if cap is None:
-        return
+        return None
     field = (
         "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
     )
     requested = getattr(body, field, None)
     if requested is None:
         body.max_tokens = cap  # the engine's default is "until the context is full"
-    elif requested > cap:
+        return cap
+    if requested > cap:
         raise MaxTokensAboveCap(
             f"{field} is {requested}, above the limit of {cap} for tenant '{tenant.id}'",
             param=field,
         )
+    return None
 
 
 def scaled(thresholds: Thresholds, share: float) -> Thresholds:

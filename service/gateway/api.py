@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-from service import catalog
+from service import catalog, context_budget
 from service.access.gate import AccessControl, RequestContext
 from service.errors import (
     ContextLengthExceeded,
@@ -100,8 +100,7 @@ def create_app(
             ctx.prompt = _prompt_text(body)
         if not directory.is_alias(body.model):
             directory.pool_id(body.model)  # an unknown model is 404 before it is 403
-        if access is not None:
-            access.check_request(ctx.principal, body)
+        default_cap = access.check_request(ctx.principal, body) if access else None
         with telemetry.span("route") as span:
             decision, media, features = route(request, body)
             if span is not None:
@@ -117,6 +116,9 @@ def create_app(
             access.check_priority(ctx.principal, load, policy.thresholds, pool.id)
         if media is not None:
             check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
+        if default_cap is not None:
+            # A cap the client did not ask for must not make its prompt overflow the context.
+            body.max_tokens = fit_output(default_cap, body, catalog.max_model_len(pool))
         _check_max_tokens(body, catalog.max_model_len(pool))
         # vLLM answers only to its served id, and the response's `model` is the pool id.
         body.model = pool.id
@@ -220,6 +222,15 @@ def create_app(
         )
 
     return app
+
+
+def fit_output(cap: int, body: Any, max_model_len: int) -> int:
+    """The tenant's cap, shortened to what the context leaves after the prompt's upper bound."""
+    if isinstance(body, ChatCompletionRequest):
+        prompt = context_budget.chat_prompt_bound(body)
+    else:
+        prompt = max(context_budget.completion_prompt_bounds(body), default=0)
+    return max(1, min(cap, max_model_len - prompt))
 
 
 def _prompt_text(body: Any) -> str:

@@ -170,6 +170,14 @@ async def test_a_request_without_max_tokens_gets_the_tenants_cap(keys_path):
     assert gateway.backend.calls[0][2].max_tokens == 64
 
 
+async def test_a_cap_the_client_did_not_ask_for_never_overflows_the_context(keys_path):
+    key = create_key(keys_path, "team-c", models=["*"], max_tokens=100_000)
+    gateway = Gateway(keys_path)
+    assert (await gateway.chat(key)).status_code == 200
+    max_tokens = gateway.backend.calls[0][2].max_tokens
+    assert 0 < max_tokens < gateway.settings.pool(MOE).max_model_len
+
+
 async def test_low_priority_is_shed_before_high_on_a_busy_pool(keys_path):
     low = create_key(keys_path, "batch", models=["*"], priority="low")
     high = create_key(keys_path, "interactive", models=["*"], priority="high")
@@ -262,4 +270,4 @@ async def test_the_key_never_reaches_a_span(keys_path, team_key):
     await gateway.chat(team_key)
     spans = exporter.get_finished_spans()
     assert any(s.attributes.get("gemma.tenant") == "team-a" for s in spans)
-    assert team_key.split("_")[2] not in "".join(s.to_json() for s in spans)
+    assert team_key.split("_", 2)[2] not in "".join(s.to_json() for s in spans)

@@ -15,7 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from service.access.limits import RedisOptions
+
 BINARY = "redis-server"
+# Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.
+PATIENT = RedisOptions(socket_timeout_s=5, connect_timeout_s=5, pool_timeout_s=5)
 MISSING = "redis-server is not installed (Debian: apt-get install redis-server)"
 
 

@@ -23,21 +23,10 @@ from service.access.limits import (
     format_duration,
     redis_client,
 )
-from tests.unit.redis_server import MISSING, find_binary, free_port, redis_server
+from tests.unit.redis_server import PATIENT, free_port
 
 T0 = 1_000_000.0  # a whole second, so bucket arithmetic in the tests is easy to follow
 LEASE_TTL_S = 30.0
-
-# Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.
-PATIENT = RedisOptions(socket_timeout_s=5, connect_timeout_s=5, pool_timeout_s=5)
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    if find_binary() is None:
-        pytest.skip(MISSING)
-    with redis_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from service.access.limits import RedisOptions, redis_client
+from service.access.limits import redis_client
 from service.access.usage import (
     RETENTION_S,
     MemoryUsageStore,
@@ -16,21 +16,10 @@ from service.access.usage import (
     UsageUnavailable,
     build_usage_store,
 )
-from tests.unit.redis_server import MISSING, find_binary, free_port, redis_server
+from tests.unit.redis_server import PATIENT, free_port
 
 T0 = 1_000_020.0  # on a minute boundary (16667 * 60)
 HOUR_S = 3600
-
-# Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.
-PATIENT = RedisOptions(socket_timeout_s=5, connect_timeout_s=5, pool_timeout_s=5)
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    if find_binary() is None:
-        pytest.skip(MISSING)
-    with redis_server() as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "redis"])

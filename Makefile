@@ -61,8 +61,8 @@ test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests benchmarks deploy
-	$(BIN)/ruff format --check service tests benchmarks deploy
+	$(BIN)/ruff check service tests benchmarks deploy loadtests
+	$(BIN)/ruff format --check service tests benchmarks deploy loadtests
 
 bench: $(STAMP) build-tiny
 	$(BIN)/python benchmarks/gateway_overhead.py

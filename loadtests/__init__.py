@@ -1,0 +1,1 @@
+"""Load-test profiles, payload generation and latency measurement for gemma-serve."""

@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
-	bench-routing bench-autoscale clean
+	bench-routing bench-autoscale loadtest-smoke clean
 
 install: $(STAMP)
 
@@ -74,6 +74,11 @@ bench-routing: $(STAMP)
 # A simulation (cost model, no GPU): our autoscaling policy against Ray Serve's default.
 bench-autoscale: $(STAMP)
 	$(BIN)/python benchmarks/autoscale_sim.py
+
+# Starts the embedded default on free ports, runs a short streaming profile against it, stops it;
+# the report (Markdown, HTML, PNG plots) lands in .cache/loadtest-smoke. Exits 1 if a gate fails.
+loadtest-smoke: $(STAMP) build-tiny
+	$(BIN)/python -m loadtests.smoke --out $(CACHE)/loadtest-smoke
 
 clean:
 	rm -rf $(VENV) $(CACHE)

@@ -22,6 +22,11 @@ PROXY_TIMEOUT_MARGIN_S = 5.0
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["loadtest"]:  # its own argument parser (loadtests/runner.py)
+        from loadtests.runner import main as loadtest
+
+        return loadtest(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
@@ -53,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     from service.access.keys_cli import add_keys_commands
 
     add_keys_commands(sub)
+    sub.add_parser(
+        "loadtest",
+        help="run a load-test profile against a service; exits 1 when an SLO gate fails "
+        "(gemma-serve loadtest --help)",
+    )
     return parser
 
 

@@ -1,0 +1,58 @@
+"""`make loadtest-smoke`: start the embedded default, run a short profile against it, stop it.
+
+.venv/bin/python -m loadtests.smoke [--profile short-chat] [--users 4] [--duration 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from pathlib import Path
+
+from loadtests import runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="loadtest-smoke", description=__doc__)
+    parser.add_argument("--profile", default="short-chat")
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--duration", type=int, default=20, help="seconds of load")
+    parser.add_argument("--out", type=Path, default=Path(".cache/loadtest-smoke"))
+    args = parser.parse_args(argv)
+
+    from service.cli import start_service, stop_service
+    from service.settings import load_settings
+    from service.tinymodels import build_tiny_checkpoints
+
+    base = load_settings()
+    # Free ports: a developer's `make run` may hold 8000 and 8080.
+    settings = base.model_copy(
+        update={
+            "server": base.server.model_copy(update={"port": _free_port()}),
+            "telemetry": base.telemetry.model_copy(update={"metrics_port": _free_port()}),
+        }
+    )
+    build_tiny_checkpoints(settings.resolved_cache_dir)
+    start_service(settings)
+    try:
+        return runner.main(
+            [
+                "--profile", args.profile,
+                "--target", f"http://127.0.0.1:{settings.server.port}",
+                "--users", str(args.users),
+                "--duration", str(args.duration),
+                "--out", str(args.out),
+            ]
+        )  # fmt: skip
+    finally:
+        stop_service()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

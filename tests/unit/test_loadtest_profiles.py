@@ -17,7 +17,7 @@ SHIPPED = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
 
 def test_the_four_profiles_are_shipped():
-    assert SHIPPED == ["long-context", "multi-tenant", "shared-prefix", "short-chat"]
+    assert SHIPPED == ["long-context", "multi-tenant", "multimodal-mix", "shared-prefix", "short-chat"]
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -36,7 +36,7 @@ from service.gateway.multimodal import MediaLimits, check_pool_accepts, inspect_
 from service.gateway.requests import parse_as, read_json_object
 from service.routing.features import RequestFeatures, chat_features, completion_features
 from service.routing.load import LoadTracker
-from service.routing.policy import Decision
+from service.routing.policy import Decision, PoolLoad
 from service.routing.setup import build_policy
 from service.settings import Settings
 from service.telemetry.metrics import MetricsRecorder, NullRecorder
@@ -102,7 +102,8 @@ def create_app(
             directory.pool_id(body.model)  # an unknown model is 404 before it is 403
         default_cap = access.check_request(ctx.principal, body) if access else None
         with telemetry.span("route") as span:
-            decision, media, features = route(request, body)
+            snapshot = loads.snapshot()  # one view of pool load for routing and shedding
+            decision, media, features = route(request, body, snapshot)
             if span is not None:
                 span.set_attributes(
                     {"gemma.route.pool": decision.pool_id, "gemma.route.reason": decision.reason,
@@ -112,7 +113,7 @@ def create_app(
         ctx.route_reason = decision.reason
         pool = settings.pool(decision.pool_id)
         if access is not None:
-            load = loads.snapshot().get(pool.id)
+            load = snapshot.get(pool.id)
             access.check_priority(ctx.principal, load, policy.thresholds, pool.id)
         if media is not None:
             check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
@@ -143,7 +144,9 @@ def create_app(
             finish=loads.started(pool.id),
         )
 
-    def route(request: Request, body: Any) -> tuple[Decision, Any, RequestFeatures]:
+    def route(
+        request: Request, body: Any, snapshot: dict[str, PoolLoad]
+    ) -> tuple[Decision, Any, RequestFeatures]:
         tier = request.headers.get(routing.tier_header)
         if isinstance(body, ChatCompletionRequest):
             media = inspect_messages(body.messages, media_limits)
@@ -163,7 +166,7 @@ def create_app(
                 tier=tier,
             )
         if directory.is_alias(body.model):
-            return policy.route(features, loads.snapshot()), media, features
+            return policy.route(features, snapshot), media, features
         return policy.pin(directory.pool_id(body.model), features), media, features
 
     @app.post("/v1/chat/completions")

@@ -1,9 +1,12 @@
 """What the full gemma-serve stack costs over vLLM's own OpenAI server, same tiny checkpoint.
 
 Runs (b) `python -m vllm.entrypoints.openai.api_server` alone, then (a) the full stack
-(Serve proxy -> gateway -> pool LLMServer -> vLLM) with one pool, and drives each with
-streamed chat requests at concurrency 1 and 8. Prints TTFT p50/p95 and requests/s, with
-the ratio a/b measured in the same run.
+(Serve proxy -> gateway -> pool LLMServer -> vLLM) with both embedded pools up, as `make run`
+starts them, and drives each with streamed chat requests at concurrency 1 and 8, pinned to the
+dense pool (or spread over both pools with `--traffic both`). Prints TTFT p50/p95 and
+requests/s, with the ratio a/b measured in the same run. `--cpu-binds` compares placements of
+the two CPU engines' threads (`MOE_BIND:DENSE_BIND`, each a VLLM_CPU_OMP_THREADS_BIND value, or
+`default` for gemma-serve's own).
 
     make bench            # or: .venv/bin/python benchmarks/gateway_overhead.py --help
 """
@@ -28,6 +31,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL_ID = "gemma-4-31b-it"
+MOE_POOL_ID = "gemma-4-26b-a4b-it"
 MAX_MODEL_LEN = 2048
 
 
@@ -42,6 +46,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
 
 
 def bench_env() -> dict[str, str]:
@@ -97,16 +108,24 @@ def start_vllm(checkpoint: Path, port: int, env: dict[str, str]) -> subprocess.P
     )
 
 
+def stack_config(interval_ms: float, cpu_binds: str) -> str:
+    """Both embedded pools; `cpu_binds` is `MOE:DENSE` or `default`."""
+    binds = dict(zip(("moe", "dense"), cpu_binds.split(":"), strict=True))
+    lines = ["pools:"]
+    for pool_id, variant in ((MOE_POOL_ID, "moe"), (POOL_ID, "dense")):
+        bind = f", cpu_threads_bind: '{binds[variant]}'" if cpu_binds != "default" else ""
+        lines.append(
+            f"  - {{id: {pool_id}, checkpoint: 'tiny:{variant}', device: cpu,"
+            f" max_model_len: {MAX_MODEL_LEN}, stream_batching_interval_ms: {interval_ms}{bind}}}"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def start_stack(
-    port: int, env: dict[str, str], interval_ms: float, workdir: Path
+    port: int, env: dict[str, str], interval_ms: float, cpu_binds: str, workdir: Path
 ) -> subprocess.Popen:
-    config = workdir / f"bench-{int(interval_ms)}.yaml"
-    config.write_text(
-        "pools:\n"
-        f"  - {{id: {POOL_ID}, checkpoint: 'tiny:dense', device: cpu,"
-        f" max_model_len: {MAX_MODEL_LEN},"
-        f" stream_batching_interval_ms: {interval_ms}}}\n"
-    )
+    config = workdir / f"bench-{int(interval_ms)}-{cpu_binds.replace(':', '_')}.yaml"
+    config.write_text(stack_config(interval_ms, cpu_binds))
     return subprocess.Popen(
         [str(ROOT / ".venv/bin/gemma-serve"), "up", "--config", str(config), "--port", str(port)],
         env=env,
@@ -143,9 +162,9 @@ async def wait_ready(base: str, timeout_s: float = 600) -> None:
     raise TimeoutError(f"{base} did not become ready in {timeout_s} s")
 
 
-def request_body(max_tokens: int) -> dict:
+def request_body(max_tokens: int, model: str = POOL_ID) -> dict:
     return {
-        "model": POOL_ID,
+        "model": model,
         "messages": [{"role": "user", "content": "Tell me a story about a lighthouse."}],
         "stream": True,
         "max_tokens": max_tokens,
@@ -154,10 +173,13 @@ def request_body(max_tokens: int) -> dict:
     }
 
 
-async def one_request(client: httpx.AsyncClient, base: str, tokens: int) -> float:
+async def one_request(
+    client: httpx.AsyncClient, base: str, tokens: int, model: str = POOL_ID
+) -> float:
     started = time.perf_counter()
     ttft = None
-    async with client.stream("POST", f"{base}/v1/chat/completions", json=request_body(tokens)) as r:
+    body = request_body(tokens, model)
+    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
         r.raise_for_status()
         async for line in r.aiter_lines():
             if ttft is None and line.startswith("data: {"):
@@ -173,20 +195,22 @@ def _has_token(delta: dict) -> bool:
     return bool(delta.get("content") or delta.get("reasoning") or delta.get("tool_calls"))
 
 
-async def measure(base: str, concurrency: int, requests: int, tokens: int) -> Figures:
+async def measure(
+    base: str, concurrency: int, requests: int, tokens: int, models: list[str]
+) -> Figures:
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(requests):
         queue.put_nowait(i)
     ttfts: list[float] = []
     limits = httpx.Limits(max_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        for _ in range(3):  # warm connections and caches
-            await one_request(client, base, tokens)
+        for model in models * 3:  # warm connections and caches
+            await one_request(client, base, tokens, model)
 
         async def worker() -> None:
             while not queue.empty():
-                queue.get_nowait()
-                ttfts.append(await one_request(client, base, tokens))
+                i = queue.get_nowait()
+                ttfts.append(await one_request(client, base, tokens, models[i % len(models)]))
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -195,14 +219,16 @@ async def measure(base: str, concurrency: int, requests: int, tokens: int) -> Fi
     return Figures(statistics.median(ttfts) * 1000, q[18] * 1000, requests / wall)
 
 
-async def run_target(name: str, start, base: str, args) -> dict[int, Figures]:
+async def run_target(
+    name: str, start, base: str, args, models: list[str] | None = None
+) -> dict[int, Figures]:
     process = start()
     try:
         await wait_ready(base)
         await asyncio.sleep(args.settle_s)  # let start-up work drain off the 2 cores
         results = {}
         for c in args.concurrency:
-            results[c] = await measure(base, c, args.requests, args.tokens)
+            results[c] = await measure(base, c, args.requests, args.tokens, models or [POOL_ID])
             print(f"  {name} c={c}: {results[c]}", file=sys.stderr, flush=True)
         return results
     finally:
@@ -242,6 +268,19 @@ async def main() -> None:
         default=[50.0],
         help="stream_batching_interval_ms values of the full stack to measure",
     )
+    parser.add_argument(
+        "--cpu-binds",
+        nargs="+",
+        default=["default"],
+        metavar="MOE:DENSE",
+        help="CPU thread placements of the two engines to measure, e.g. auto:auto 0:1",
+    )
+    parser.add_argument(
+        "--traffic",
+        choices=["dense", "both"],
+        default="dense",
+        help="the full stack's requests: pinned to the dense pool, or alternating both pools",
+    )
     parser.add_argument("--settle-s", type=float, default=10.0)
     parser.add_argument(
         "--stack-env",
@@ -263,21 +302,25 @@ async def main() -> None:
     results["vllm"] = await run_target(
         "vllm", lambda: start_vllm(checkpoint, port, env), f"http://127.0.0.1:{port}", args
     )
+    models = [MOE_POOL_ID, POOL_ID] if args.traffic == "both" else [POOL_ID]
     for interval in args.intervals:
-        port = free_port()
-        name = f"gemma-serve (batch {interval:g} ms{', ' if args.stack_env else ''}"
-        name += f"{' '.join(args.stack_env)})"
-        results[name] = await run_target(
-            name,
-            lambda p=port, i=interval: start_stack(p, stack_env, i, workdir),
-            f"http://127.0.0.1:{port}",
-            args,
-        )
+        for binds in args.cpu_binds:
+            port = free_port()
+            extra = ", ".join([f"cpu {binds}", *args.stack_env])
+            name = f"gemma-serve (batch {interval:g} ms, {extra})"
+            results[name] = await run_target(
+                name,
+                lambda p=port, i=interval, b=binds: start_stack(p, stack_env, i, b, workdir),
+                f"http://127.0.0.1:{port}",
+                args,
+                models,
+            )
 
     print(
-        f"\nmachine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"\nmachine: {platform.node()} {cpu_model()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}; {args.requests} streamed chat requests of "
-        f"{args.tokens} tokens per point; tiny dense Gemma 4 on vllm-cpu\n"
+        f"{args.tokens} tokens per point to {' and '.join(models)} (bare vLLM: {POOL_ID}); "
+        "tiny Gemma 4 checkpoints on vllm-cpu\n"
     )
     print(table(results, args.concurrency))
 

@@ -187,6 +187,8 @@ def engine_kwargs(pool: PoolSettings, telemetry: TelemetrySettings | None = None
         # torch.compile costs a minute or more of start-up on two cores and gains nothing
         # measurable on tiny checkpoints; eager engines start in ~15 s.
         args["enforce_eager"] = True
+        # `collective_rpc("amx_status" | "cpu_cores")` reads these from inside each worker.
+        args["worker_extension_cls"] = "service.engine_probe.CpuEngineProbe"
     if pool.device == "gpu":
         args["tensor_parallel_size"] = pool.tensor_parallel_size
         args["gpu_memory_utilization"] = pool.gpu_memory_utilization
@@ -305,6 +307,8 @@ def runtime_env(pool: PoolSettings, telemetry: TelemetrySettings | None = None) 
     env = {"HF_HUB_OFFLINE": "1"} if is_tiny(pool) else {}
     if pool.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu_kv_cache_gib)
+        if pool.cpu_threads_bind is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = pool.cpu_threads_bind
     if engine_tracing(telemetry):
         # The gateway exports OTLP/HTTP; vLLM defaults to gRPC.
         env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 import yaml
 
 from service import catalog
+from service.cpu_placement import place_cpu_pools
 from service.errors import ConfigError
 from service.settings import ServerSettings, Settings, access_problem, load_settings
 
@@ -67,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
+    settings = local_placement(load_settings(args.config))
     resolved = resolved_config(settings)
     for pool in settings.pools:
         try:
@@ -152,6 +154,7 @@ def start_service(settings: Settings) -> None:
 
     from service.app import APP_NAME, build_app
 
+    settings = local_placement(settings)
     local: dict[str, Any] = (
         {}
         if settings.ray.address
@@ -175,6 +178,13 @@ def start_service(settings: Settings) -> None:
         }
     )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+
+
+def local_placement(settings: Settings) -> Settings:
+    """Without a Ray address every pool runs on this host: give CPU pools their own cores."""
+    if settings.ray.address:
+        return settings
+    return place_cpu_pools(settings, sorted(os.sched_getaffinity(0)))
 
 
 def stop_service() -> None:

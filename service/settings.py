@@ -117,6 +117,13 @@ class PoolSettings(Strict):
     max_items_per_prompt: int = Field(4, ge=0, description="images, videos or audio clips each")
     accelerator_type: str = "H100"
     cpu_kv_cache_gib: int = Field(1, ge=1, description="KV space of a CPU engine")
+    cpu_threads_bind: str | None = Field(
+        None,
+        pattern=r"^(auto|nobind|\d+(-\d+)?(,\d+(-\d+)?)*)$",
+        description="cores of a CPU engine's threads (vLLM's VLLM_CPU_OMP_THREADS_BIND: "
+        "'auto', 'nobind' or a list like '0-3'); unset: `gemma-serve up` gives each CPU pool "
+        "its own cores, a cluster leaves it to vLLM",
+    )
     replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
     max_ongoing_requests: int = Field(64, ge=1)
     target_ongoing_requests: int = Field(32, ge=1)

@@ -110,6 +110,16 @@ class RateLimited(ServiceError):
         return {"Retry-After": str(self.retry_after_s), **self._headers}
 
 
+class TooLargeForTokenLimit(ServiceError):
+    """The request alone needs more tokens than the tenant's whole minute: waiting cannot
+    help, so no Retry-After (OpenAI's "Request too large ... on tokens per min")."""
+
+    status = 429
+    type = "tokens"
+    code = "rate_limit_exceeded"
+    shed_reason = "rate_limit"
+
+
 class ShedForPriority(ServiceError):
     """The pool is busy and keeps its remaining room for higher priority classes."""
 

@@ -45,6 +45,24 @@ class ServerSettings(Strict):
     gateway_max_ongoing_requests: int = Field(1000, ge=1)
 
 
+class BoundsSettings(Strict):
+    """Per-request bounds (docs/api.md, "Request bounds"); each over-bound field is a 400."""
+
+    max_n: int = Field(8, ge=1, description="choices per request (`n`)")
+    max_messages: int = Field(1000, ge=1)
+    max_content_parts: int = Field(64, ge=1, description="content parts per message")
+    max_prompts: int = Field(64, ge=1, description="prompts in one completions request")
+    max_stop: int = Field(16, ge=0, description="stop strings")
+    max_stop_token_ids: int = Field(64, ge=0)
+    max_bad_words: int = Field(64, ge=0)
+    max_logit_bias: int = Field(300, ge=0, description="entries in logit_bias")
+    max_tools: int = Field(128, ge=0)
+    max_schema_bytes: int = Field(
+        64 * 1024, gt=0, description="each JSON schema, regex or grammar, serialised"
+    )
+    max_schema_depth: int = Field(32, ge=1, description="nesting of each JSON schema")
+
+
 class RaySettings(Strict):
     address: str | None = Field(None, description="existing cluster; unset starts local Ray")
     # Local Ray needs more logical CPUs than cores, or the gateway replica never schedules
@@ -255,6 +273,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = Field(default_factory=ServerSettings)
+    bounds: BoundsSettings = Field(default_factory=BoundsSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     pools: list[PoolSettings] = Field(default_factory=embedded_pools, min_length=1)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)

@@ -24,7 +24,13 @@ from service.access.limits import (
     build_limiter,
 )
 from service.access.usage import UsageStore, build_usage_store
-from service.errors import InvalidRequest, RateLimited, ServiceUnavailable, ShedForPriority
+from service.errors import (
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+    ShedForPriority,
+    TooLargeForTokenLimit,
+)
 from service.routing.policy import PoolLoad, Thresholds, is_saturated
 from service.settings import AccessSettings, Settings
 from service.telemetry.metrics import RequestOutcome
@@ -118,6 +124,13 @@ class AccessControl:
         limits = limits_of(tenant)
         if not limits.any:
             return None
+        tpm = limits.tokens_per_minute
+        if tpm is not None and estimated_tokens > tpm:
+            raise TooLargeForTokenLimit(
+                f"request too large for tenant '{tenant.id}' on tokens per minute: limit {tpm}, "
+                f"requested {estimated_tokens} (prompt estimate + max_tokens x choices); "
+                "reduce the input, max_tokens or n"
+            )
         try:
             admission = await self._limiter.admit(
                 tenant.id, limits, request_id=request_id, estimated_tokens=estimated_tokens

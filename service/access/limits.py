@@ -135,7 +135,8 @@ def check_window(
     buckets: Sequence[tuple[int, int]], limit: int, cost: int, now: float
 ) -> WindowCheck:
     """`buckets` are (second, amount) in the window. A cost above the limit is checked as the
-    limit: such a request fits an empty window instead of never fitting."""
+    limit, so the arithmetic stays finite; the gateway refuses such a request before it gets
+    here (TooLargeForTokenLimit)."""
     used = sum(amount for _, amount in buckets)
     need = used + min(cost, limit) - limit  # what has to leave the window first
     charged = [second for second, amount in buckets if amount > 0]
@@ -297,8 +298,11 @@ class MemoryRateLimiter:
         if lease.slot is not None:
             state.slots.pop(lease.slot, None)
         delta = _token_correction(lease, actual_tokens)
-        if delta and in_window(math.floor(now), lease.second) and lease.second in state.tokens:
+        second = math.floor(now)
+        if delta and in_window(second, lease.second) and lease.second in state.tokens:
             state.tokens[lease.second] += delta
+        elif delta > 0:  # the lease's bucket has left the window: charge the excess now
+            state.tokens[second] = state.tokens.get(second, 0) + delta
 
     async def aclose(self) -> None:
         self._tenants.clear()
@@ -407,10 +411,14 @@ if not now then
 end
 if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
 local delta = tonumber(ARGV[3])
--- A bucket that has left the window no longer limits anyone: correcting it would only
--- recreate a stale field.
-if delta ~= 0 and tonumber(ARGV[2]) > math.floor(now) - tonumber(ARGV[5]) then
+local second = math.floor(now)
+if delta ~= 0 and tonumber(ARGV[2]) > second - tonumber(ARGV[5]) then
   redis.call('HINCRBY', KEYS[1], ARGV[2], delta)
+elseif delta > 0 then
+  -- The lease's bucket has left the window (a request longer than a minute): what it used
+  -- beyond its estimate is charged now. A refund there would limit no one.
+  redis.call('HINCRBY', KEYS[1], second, delta)
+  if redis.call('TTL', KEYS[1]) < 0 then redis.call('EXPIRE', KEYS[1], 2 * tonumber(ARGV[5])) end
 end
 return 1
 """

@@ -30,6 +30,7 @@ from service.errors import (
     ServiceError,
     error_body,
 )
+from service.gateway.bounds import check_bounds
 from service.gateway.dispatch import PoolBackend, call_pool
 from service.gateway.models import ModelDirectory
 from service.gateway.multimodal import MediaLimits, check_pool_accepts, inspect_messages
@@ -94,7 +95,9 @@ def create_app(
             if span is not None:
                 span.set_attribute("gemma.auth.mode", "api_key" if ctx.principal else "none")
                 span.set_attribute("gemma.tenant", telemetry.tenant)
-        body = parse_as(model_cls, await read_json_object(request, settings.server.max_body_bytes))
+        raw = await read_json_object(request, settings.server.max_body_bytes)
+        check_bounds(raw, settings.bounds)
+        body = parse_as(model_cls, raw)
         ctx.model = body.model
         if access is not None and access.audit is not None and access.audit.include_content:
             ctx.prompt = _prompt_text(body)
@@ -127,7 +130,9 @@ def create_app(
             body = _sanitize_chat_completion_request(body)
         headers = {"x-routed-model": pool.id, "x-route-reason": decision.reason}
         if access is not None:
-            ctx.admission = await access.admit(ctx.principal, ctx.request_id, features.total_tokens)
+            ctx.admission = await access.admit(
+                ctx.principal, ctx.request_id, features.billed_tokens
+            )
             if ctx.admission is not None:
                 headers |= ctx.admission.headers
         if telemetry.trace_id:

@@ -28,6 +28,17 @@ _URL_PART_KINDS = {
 _MEDIA_KINDS = (Modality.IMAGE, Modality.VIDEO, Modality.AUDIO)
 _NOUNS = {Modality.IMAGE: "image", Modality.VIDEO: "video", Modality.AUDIO: "audio clip"}
 _MAX_ECHO = 64  # client strings quoted back in messages are cut to this
+_MAX_UUID_CHARS = 256
+# The keys each part may carry. Nothing else passes: vLLM reads a part with a `uuid` as media
+# whatever its `type` says, so an unchecked key could carry a URL past these checks.
+_TEXT_KEYS = {"text": frozenset({"type", "text"}), "refusal": frozenset({"type", "refusal"})}
+_MEDIA_PART_KEYS = frozenset({"type", "uuid"})
+_MEDIA_VALUE_KEYS = {
+    "image_url": frozenset({"url", "detail"}),
+    "audio_url": frozenset({"url"}),
+    "video_url": frozenset({"url"}),
+    "input_audio": frozenset({"data", "format"}),
+}
 
 
 @dataclass(frozen=True)
@@ -150,19 +161,43 @@ def _parse_part(part: Any, path: str) -> _Media | None:
         raise InvalidRequest(
             f"{path}.type must be a string, not {_json_type(part_type)}", param=f"{path}.type"
         )
-    if part_type in ("text", "refusal"):
+    if part_type in _TEXT_KEYS:
         # A refusal part is assistant history an OpenAI client may replay: text to the model.
+        _only_keys(part, _TEXT_KEYS[part_type], path)
         _require_str(part, part_type, path)
         return None
+    if part_type not in _MEDIA_VALUE_KEYS:
+        raise InvalidRequest(
+            f"unsupported content part type '{_clip(part_type)}' at {path}; "
+            f"supported: {', '.join(SUPPORTED_PART_TYPES)}",
+            param=path,
+        )
+    _only_keys(part, _MEDIA_PART_KEYS | {part_type}, path)
+    _check_uuid(part, path)
     if part_type == "input_audio":
         return _parse_input_audio(part, path)
-    if part_type in _URL_PART_KINDS:
-        return _parse_url_part(part, part_type, path)
-    raise InvalidRequest(
-        f"unsupported content part type '{_clip(part_type)}' at {path}; "
-        f"supported: {', '.join(SUPPORTED_PART_TYPES)}",
-        param=path,
-    )
+    return _parse_url_part(part, part_type, path)
+
+
+def _only_keys(obj: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
+    unknown = sorted(str(k) for k in obj if k not in allowed)
+    if unknown:
+        raise InvalidRequest(
+            f"{path} has the unknown field '{_clip(unknown[0])}'; "
+            f"this part may have only: {', '.join(sorted(allowed))}",
+            param=f"{path}.{_clip(unknown[0])}",
+        )
+
+
+def _check_uuid(part: Mapping[str, Any], path: str) -> None:
+    uuid = part.get("uuid")
+    if uuid is None:
+        return
+    if not isinstance(uuid, str) or not 0 < len(uuid) <= _MAX_UUID_CHARS:
+        raise InvalidRequest(
+            f"{path}.uuid must be a string of 1 to {_MAX_UUID_CHARS} characters",
+            param=f"{path}.uuid",
+        )
 
 
 def _parse_url_part(part: Mapping[str, Any], part_type: str, path: str) -> _Media:
@@ -174,6 +209,7 @@ def _parse_url_part(part: Mapping[str, Any], part_type: str, path: str) -> _Medi
     if not isinstance(value, Mapping):
         problem = "is missing" if value is None else f"must be an object, not {_json_type(value)}"
         raise InvalidRequest(f"{field} {problem}", param=field)
+    _only_keys(value, _MEDIA_VALUE_KEYS[part_type], field)
     url = _require_str(value, "url", field)
     if part_type == "image_url" and "detail" in value and value["detail"] not in IMAGE_DETAILS:
         raise InvalidRequest(
@@ -188,6 +224,7 @@ def _parse_input_audio(part: Mapping[str, Any], path: str) -> _Media:
     if not isinstance(value, Mapping):
         problem = "is missing" if value is None else f"must be an object, not {_json_type(value)}"
         raise InvalidRequest(f"{field} {problem}", param=field)
+    _only_keys(value, _MEDIA_VALUE_KEYS["input_audio"], field)
     data = _require_str(value, "data", field)
     audio_format = _require_str(value, "format", field)
     if audio_format not in INPUT_AUDIO_FORMATS:

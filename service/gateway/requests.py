@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
+from vllm.exceptions import VLLMValidationError
 
 from service.errors import InvalidRequest, MalformedJSON, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
+
+# Parsing a body this large takes long enough (about 1 s for 8 MB) to stall every other
+# request on the event loop, and with them the limiter's Redis calls: it runs in a thread.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
@@ -29,13 +35,21 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     raw = b"".join(chunks)
     if not raw.strip():
         raise MalformedJSON("the request body is empty; send a JSON object")
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+    data = await asyncio.to_thread(_loads, raw) if len(raw) > OFF_LOOP_BYTES else _loads(raw)
     if not isinstance(data, dict):
         raise MalformedJSON(f"the request body must be a JSON object, not {type(data).__name__}")
     return data
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedJSON(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedJSON("the request body is nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise MalformedJSON(f"the request body has a value out of range: {exc}") from None
 
 
 def _too_large(size: int, limit: int, *, at_least: bool = False) -> str:
@@ -47,6 +61,11 @@ def parse_as(model: type[M], data: dict[str, Any]) -> M:
     """Validate against vLLM's protocol model; 400 naming the first offending field."""
     try:
         return model.model_validate(data)
+    except VLLMValidationError as exc:  # vLLM's cross-field checks raise their own type
+        where = f"'{exc.parameter}'" if exc.parameter else "the request"
+        raise InvalidRequest(f"invalid {where}: {exc.args[0]}", param=exc.parameter) from None
+    except RecursionError:
+        raise InvalidRequest("the request is nested too deeply") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = _field_path(first["loc"])

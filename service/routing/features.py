@@ -27,10 +27,19 @@ class RequestFeatures:
     structured_output: bool = False
     tier: str | None = None
     media_counts: Mapping[Modality, int] = field(default_factory=dict)
+    sequences: int = 1  # n, times the number of prompts of a completions batch
+    all_prompt_tokens: int | None = None  # every prompt of a batch; None: prompt_tokens
 
     @property
     def total_tokens(self) -> int:
+        """What one sequence needs of the context: its prompt and its output."""
         return self.prompt_tokens + self.max_tokens
+
+    @property
+    def billed_tokens(self) -> int:
+        """What the whole request may cost: every prompt, and every choice's output."""
+        prompts = self.prompt_tokens if self.all_prompt_tokens is None else self.all_prompt_tokens
+        return prompts + self.sequences * self.max_tokens
 
 
 def estimate_text_tokens(text: str, bytes_per_token: float) -> int:
@@ -63,6 +72,7 @@ def chat_features(
         or bool(getattr(request, "structured_outputs", None)),
         tier=tier,
         media_counts=dict(media_counts),
+        sequences=request.n or 1,
     )
 
 
@@ -71,20 +81,22 @@ def completion_features(
 ) -> RequestFeatures:
     prompt = request.prompt
     if isinstance(prompt, str):
-        tokens = estimate_text_tokens(prompt, bytes_per_token)
+        each = [estimate_text_tokens(prompt, bytes_per_token)]
     elif prompt and isinstance(prompt[0], int):
-        tokens = len(prompt)
+        each = [len(prompt)]
     else:
-        tokens = max(
-            (len(p) if isinstance(p, list) else estimate_text_tokens(str(p), bytes_per_token))
+        each = [
+            len(p) if isinstance(p, list) else estimate_text_tokens(str(p), bytes_per_token)
             for p in prompt or [""]
-        )
+        ]
     return RequestFeatures(
         modalities=frozenset({Modality.TEXT}),
-        prompt_tokens=tokens,
+        prompt_tokens=max(each),
         max_tokens=_max_tokens(request, default_max_tokens),
         structured_output=bool(getattr(request, "structured_outputs", None)),
         tier=tier,
+        sequences=(request.n or 1) * len(each),
+        all_prompt_tokens=sum(each),
     )
 
 

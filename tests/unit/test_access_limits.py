@@ -189,11 +189,20 @@ async def test_settle_is_idempotent(limiter):
     assert not (await admit(limiter, limits, T0 + 2, tokens=0)).admitted  # one slot freed, not two
 
 
-async def test_settling_after_the_bucket_left_the_window_changes_nothing(limiter):
+async def test_a_generation_longer_than_the_window_is_charged_its_excess_when_it_ends(limiter):
     limits = Limits(tokens_per_minute=1000)
     lease = (await admit(limiter, limits, T0, tokens=100)).lease
-    await limiter.settle(lease, actual_tokens=5000, now=T0 + 61)  # a 61 s generation
+    await limiter.settle(lease, actual_tokens=900, now=T0 + 61)  # a 61 s generation
+    assert not (await admit(limiter, limits, T0 + 62, tokens=300)).admitted  # 800 charged now
+    assert (await admit(limiter, limits, T0 + 62, tokens=200)).admitted
+
+
+async def test_a_refund_after_the_bucket_left_the_window_changes_nothing(limiter):
+    limits = Limits(tokens_per_minute=1000)
+    lease = (await admit(limiter, limits, T0, tokens=900)).lease
+    await limiter.settle(lease, actual_tokens=10, now=T0 + 61)
     assert (await admit(limiter, limits, T0 + 61, tokens=1000)).admitted
+    assert not (await admit(limiter, limits, T0 + 61, tokens=1)).admitted
 
 
 async def test_concurrency_slots_are_held_until_settled(limiter):

@@ -163,3 +163,31 @@ def test_a_tensor_parallel_replica_is_kept_on_one_node():
     placement = catalog.llm_config_kwargs(pool, CACHE)["placement_group_config"]
     assert placement["strategy"] == "STRICT_PACK"
     assert catalog.llm_config(pool, CACHE).placement_group_config["strategy"] == "STRICT_PACK"
+
+
+def test_a_cpu_pools_core_binding_reaches_vllm_and_its_workers_can_be_probed():
+    pool = PoolSettings(
+        id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu", cpu_threads_bind="1"
+    )
+    assert catalog.runtime_env(pool)["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "1"
+    assert catalog.engine_kwargs(pool)["worker_extension_cls"] == (
+        "service.engine_probe.CpuEngineProbe"
+    )
+
+
+def test_an_unbound_cpu_pool_leaves_the_binding_to_vllm():
+    pool = PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu")
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in catalog.runtime_env(pool)["env_vars"]
+
+
+@pytest.mark.parametrize("bind", ["0-3", "0,2,5-7", "auto", "nobind"])
+def test_core_bindings_in_vllms_syntax_are_accepted(bind):
+    PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu", cpu_threads_bind=bind)
+
+
+@pytest.mark.parametrize("bind", ["", "0-", "cores 0", "0|1"])
+def test_a_malformed_core_binding_is_refused(bind):
+    with pytest.raises(ValueError, match="cpu_threads_bind"):
+        PoolSettings(
+            id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu", cpu_threads_bind=bind
+        )

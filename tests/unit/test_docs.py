@@ -7,6 +7,7 @@ import pytest
 from service.settings import (
     AccessSettings,
     AutoscalingSettings,
+    BoundsSettings,
     MediaSettings,
     PoolSettings,
     RaySettings,
@@ -26,6 +27,7 @@ DOCS = Path(__file__).parents[2] / "docs"
     [
         (Settings, ""),
         (ServerSettings, ""),
+        (BoundsSettings, ""),
         (RaySettings, ""),
         (PoolSettings, ""),
         (ReplicaSettings, "replicas."),

@@ -148,6 +148,27 @@ async def test_tokens_are_charged_by_estimate_while_a_request_runs(keys_path):
     assert error_of(first if first.status_code == 429 else second, 429)["type"] == "tokens"
 
 
+async def test_a_request_larger_than_the_whole_token_minute_is_refused_without_retry_after(
+    keys_path,
+):
+    key = create_key(keys_path, "team-t", models=["*"], tokens_per_minute=100)
+    gateway = Gateway(keys_path)
+    refused = await gateway.chat(key, max_tokens=200)
+    error = error_of(refused, 429)
+    assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
+    assert "limit 100" in error["message"]
+    assert "retry-after" not in refused.headers
+    assert not gateway.backend.calls
+
+
+async def test_tokens_per_minute_count_every_choice(keys_path):
+    key = create_key(keys_path, "team-t", models=["*"], tokens_per_minute=100)
+    gateway = Gateway(keys_path)
+    assert (await gateway.chat(key, max_tokens=30)).status_code == 200
+    refused = await gateway.chat(key, max_tokens=30, n=4)  # ~4 x 30 tokens of output
+    assert error_of(refused, 429)["type"] == "tokens"
+
+
 async def test_tokens_are_settled_to_real_usage_when_a_request_ends(keys_path):
     key = create_key(keys_path, "team-t", models=["*"], tokens_per_minute=100)
     gateway = Gateway(keys_path)

@@ -341,3 +341,99 @@ async def test_a_client_gone_before_the_first_byte_still_frees_the_request(backe
     assert finished == [1]
     assert backend.streams[0].cancelled
     assert [(o.status, o.error_code) for o in recorder.outcomes] == [(499, "client_closed")]
+
+
+# --- hostile and careless bodies: a 400 naming the problem, never a 500 ---------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "undeclared"}},
+            },
+            "tool_choice",
+        ),
+        ({"stream_options": -1}, "stream_options"),
+        ({"tool_choice": {"a": {"b": []}}}, "tool_choice"),
+    ],
+)
+async def test_fields_that_contradict_each_other_are_400_naming_one(client, backend, extra, param):
+    error = assert_openai_error(await client.post(CHAT, json=chat_body(**extra)), 400)
+    assert error["param"] == param
+    assert not backend.calls
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000, b'{"model": "gemma-4", "n": ' + b"9" * 5000 + b"}"],
+    ids=["nested-100000-deep", "5000-digit-integer"],
+)
+async def test_json_bombs_are_400(settings, backend, ready, raw):
+    settings = Settings(server={"max_body_bytes": 1 << 20})
+
+    async def readiness():
+        return ready
+
+    app = create_app(settings, backend, readiness)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        response = await c.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    assert assert_openai_error(response, 400, "invalid_json")
+
+
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 16384, "max_tokens": 1024}, "n"),
+        ({"stop": ["x"] * 17}, "stop"),
+        ({"stop_token_ids": list(range(65))}, "stop_token_ids"),
+        ({"bad_words": ["x"] * 65}, "bad_words"),
+        ({"logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+        (
+            {"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]},
+            "tools",
+        ),
+        (
+            {"response_format": {"type": "json_schema",
+                                 "json_schema": {"name": "s", "schema": {"enum": ["x" * 70000]}}}},
+            "response_format.json_schema.schema",
+        ),
+        ({"structured_outputs": {"json": _nested(40)}}, "structured_outputs.json"),
+    ],
+)  # fmt: skip
+async def test_every_list_and_size_is_bounded(client, backend, extra, param):
+    big = Settings(server={"max_body_bytes": 1 << 20})
+
+    async def readiness():
+        return {}
+
+    app = create_app(big, backend, readiness)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        response = await c.post(CHAT, json=chat_body(**extra))
+    error = assert_openai_error(response, 400)
+    assert error["param"] == param
+    assert "at most" in error["message"]
+    assert not backend.calls
+
+
+async def test_too_many_messages_are_refused_at_once(backend):
+    async def readiness():
+        return {}
+
+    app = create_app(Settings(server={"max_body_bytes": 1 << 20}), backend, readiness)
+    body = {"model": "gemma-4", "messages": [{"role": "user", "content": "hi"}] * 10_000}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        error = assert_openai_error(await c.post(CHAT, json=body), 400)
+    assert error["param"] == "messages"
+    assert "10000 entries; at most 1000" in error["message"]

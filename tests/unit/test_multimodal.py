@@ -316,3 +316,49 @@ def test_pool_accepts_what_it_takes_within_its_limit():
 def test_text_only_request_passes_a_text_only_pool():
     summary = inspect_messages([{"role": "user", "content": "hi"}], DEFAULT)
     check_pool_accepts(summary, "tiny", frozenset({Modality.TEXT}), per_prompt_limit=0)
+
+
+def _refused(part: dict) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as err:
+        inspect_messages([{"role": "user", "content": [part]}], DEFAULT)
+    return err.value
+
+
+def test_a_text_part_carrying_a_uuid_and_a_media_url_is_refused():
+    # vLLM reads a part with a uuid as media whatever its type says, and fetches the URL.
+    err = _refused(
+        {"type": "text", "text": "x", "uuid": "u", "image_url": "http://169.254.169.254/latest"}
+    )
+    assert err.param == "messages[0].content[0].image_url"
+    assert "unknown field 'image_url'" in err.message
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        {"type": "text", "text": "x", "uuid": "u"},
+        {"type": "image_url", "image_url": {"url": "data:,"}, "video_url": "http://x/v.mp4"},
+        {"type": "image_url", "image_url": {"url": "data:,", "fetch": "http://x/"}},
+        {"type": "input_audio", "input_audio": {"data": "AA==", "format": "wav", "url": "x"}},
+        {"image_url": "data:,", "text": "short form with a stray key"},
+    ],
+)
+def test_a_part_with_a_field_its_type_does_not_have_is_refused(part):
+    assert "unknown field" in _refused(part).message
+
+
+def test_a_media_part_may_carry_a_uuid_for_caching():
+    url = "data:image/png;base64," + base64.b64encode(png_1x1()).decode()
+    summary = inspect_messages(
+        [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url},
+                                       "uuid": "img-1"}]}],
+        DEFAULT,
+    )  # fmt: skip
+    assert summary.counts[Modality.IMAGE] == 1
+
+
+@pytest.mark.parametrize("uuid", ["", 7, "u" * 257])
+def test_a_malformed_uuid_is_refused(uuid):
+    url = "data:image/png;base64," + base64.b64encode(png_1x1()).decode()
+    err = _refused({"type": "image_url", "image_url": {"url": url}, "uuid": uuid})
+    assert err.param == "messages[0].content[0].uuid"

@@ -1,0 +1,98 @@
+"""Bounds on every list and size in a request body, checked on the raw JSON before the
+protocol models parse it.
+
+Each of these reaches a loop that runs per token or per request on the engine (stop strings,
+logit biases, grammar compilation) or multiplies its cost (`n`, batched prompts); unbounded,
+one request can stall every other on its replica. A request over a bound gets a 400 naming the
+field and the bound. Fields of the wrong type are left to the protocol models' own errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from service.errors import InvalidRequest
+from service.settings import BoundsSettings
+
+
+def check_bounds(body: dict[str, Any], bounds: BoundsSettings) -> None:
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n > bounds.max_n:
+        raise InvalidRequest(f"n is {n}; at most {bounds.max_n} choices are allowed", param="n")
+    _count(body, "messages", bounds.max_messages)
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for i, message in enumerate(messages):
+            if isinstance(message, dict):
+                _count(message, "content", bounds.max_content_parts, f"messages[{i}].")
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
+        _count(body, "prompt", bounds.max_prompts)
+    _count(body, "stop", bounds.max_stop)
+    _count(body, "stop_token_ids", bounds.max_stop_token_ids)
+    _count(body, "bad_words", bounds.max_bad_words)
+    _count(body, "logit_bias", bounds.max_logit_bias)
+    _count(body, "tools", bounds.max_tools)
+    for path, schema in _schemas(body):
+        _check_schema(schema, path, bounds)
+
+
+def _count(obj: dict[str, Any], key: str, limit: int, prefix: str = "") -> None:
+    value = obj.get(key)
+    if isinstance(value, list | dict) and len(value) > limit:
+        raise InvalidRequest(
+            f"{prefix}{key} has {len(value)} entries; at most {limit} are allowed",
+            param=f"{prefix}{key}",
+        )
+
+
+def _schemas(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Every grammar the engine would compile: JSON schemas, regexes, grammars."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        json_schema = response_format.get("json_schema")
+        if isinstance(json_schema, dict) and "schema" in json_schema:
+            yield "response_format.json_schema.schema", json_schema["schema"]
+    structured = body.get("structured_outputs")
+    if isinstance(structured, dict):
+        for key in ("json", "regex", "grammar", "choice", "structural_tag"):
+            if structured.get(key) is not None:
+                yield f"structured_outputs.{key}", structured[key]
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict) and function.get("parameters") is not None:
+                yield f"tools[{i}].function.parameters", function["parameters"]
+
+
+def _check_schema(schema: Any, path: str, bounds: BoundsSettings) -> None:
+    size = len(schema) if isinstance(schema, str) else len(json.dumps(schema))
+    if size > bounds.max_schema_bytes:
+        raise InvalidRequest(
+            f"{path} is {size} bytes; at most {bounds.max_schema_bytes} are allowed", param=path
+        )
+    depth = _depth(schema)
+    if depth > bounds.max_schema_depth:
+        raise InvalidRequest(
+            f"{path} is nested {depth} levels deep; at most {bounds.max_schema_depth} are allowed",
+            param=path,
+        )
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of lists and objects, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest

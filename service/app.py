@@ -46,4 +46,7 @@ def serve_gateway(settings: Settings):
         num_replicas=settings.server.gateway_replicas,
         max_ongoing_requests=settings.server.gateway_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0.5},
+        # A gateway replica carries its streams and their settle tasks: it drains as long as
+        # the pools do (Serve's 20 s default would cut both on every config change).
+        graceful_shutdown_timeout_s=max(p.drain_timeout_s for p in settings.pools),
     )

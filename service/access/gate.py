@@ -23,7 +23,7 @@ from service.access.limits import (
     RateLimiter,
     build_limiter,
 )
-from service.access.usage import UsageStore, build_usage_store
+from service.access.usage import UsageStore, UsageUnavailable, build_usage_store
 from service.errors import (
     InvalidRequest,
     RateLimited,
@@ -172,7 +172,11 @@ class AccessControl:
             self.audit.record(audit_entry(ctx, outcome))
 
     async def usage_report(self, window_s: int) -> list[dict[str, Any]]:
-        rows = await self._usage.report(window_s)
+        try:
+            rows = await self._usage.report(window_s)
+        except UsageUnavailable as exc:
+            log.error("usage store unavailable: %s", exc)
+            raise ServiceUnavailable("usage cannot be read now; retry shortly") from None
         return [dataclasses.asdict(row) for row in rows]
 
     def _spawn(self, coro: Any) -> None:
@@ -203,7 +207,8 @@ def cap_max_tokens(tenant: Tenant, body: Any) -> int | None:
     )
     requested = getattr(body, field, None)
     if requested is None:
-        body.max_tokens = cap  # the engine's default is "until the context is full"
+        # The caller writes it into the body once a pool is chosen: written now, it would
+        # route every such request as a long output and charge the whole cap.
         return cap
     if requested > cap:
         raise MaxTokensAboveCap(

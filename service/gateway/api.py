@@ -115,15 +115,16 @@ def create_app(
         telemetry.routed(decision.pool_id, decision.reason)
         ctx.route_reason = decision.reason
         pool = settings.pool(decision.pool_id)
-        if access is not None:
-            load = snapshot.get(pool.id)
-            access.check_priority(ctx.principal, load, policy.thresholds, pool.id)
+        # What the request would be refused for anyway comes before any refusal for load.
         if media is not None:
             check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
         if default_cap is not None:
             # A cap the client did not ask for must not make its prompt overflow the context.
             body.max_tokens = fit_output(default_cap, body, catalog.max_model_len(pool))
         _check_max_tokens(body, catalog.max_model_len(pool))
+        if access is not None:
+            load = snapshot.get(pool.id)
+            access.check_priority(ctx.principal, load, policy.thresholds, pool.id)
         # vLLM answers only to its served id, and the response's `model` is the pool id.
         body.model = pool.id
         if isinstance(body, ChatCompletionRequest):

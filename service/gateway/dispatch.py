@@ -76,7 +76,7 @@ async def call_pool(
         raise _as_service_error(exc, timeout_s, request_id) from exc
 
     if isinstance(item, str):
-        tap = _StreamTap(telemetry, strip_usage)
+        tap = _StreamTap(telemetry, strip_usage, request_id)
 
         def close() -> None:
             responses.cancel()
@@ -101,18 +101,26 @@ async def call_pool(
 class _StreamTap:
     """Watches the SSE events on their way out: first and last output, usage, how it ended."""
 
-    def __init__(self, telemetry: RequestTelemetry, strip_usage: bool):
+    def __init__(self, telemetry: RequestTelemetry, strip_usage: bool, request_id: str):
         self._telemetry = telemetry
         self._strip_usage = strip_usage
+        self._request_id = request_id
         self._output_started = False
         self.status = CLIENT_CLOSED  # until the stream runs to its end
         self.error: BaseException | None = None
+        self.engine_error: ServiceError | None = None  # an error event the engine sent
 
     def events(self, item: Any) -> str:
         """The item's events as they go to the client."""
         parts = item if isinstance(item, list) else [item]
         out = []
         for part in parts:
+            if (engine_error := _engine_error(part, self._request_id)) is not None:
+                # The engine's own text may carry internals (stack hints, class names): the
+                # client gets the mapped error, in the API's shape; it counts as an error.
+                self.engine_error = engine_error
+                out.append(f"data: {json.dumps(error_body(engine_error))}\n\n")
+                continue
             event = _packet(part)
             if (usage := usage_of(event)) is not None:
                 self._telemetry.usage(*usage)
@@ -125,8 +133,24 @@ class _StreamTap:
         return "".join(out)
 
     def ended(self, error: ServiceError | None = None) -> None:
+        error = error or self.engine_error
         self.status = error.status if error is not None else 200
         self.error = error
+
+
+def _engine_error(part: Any, request_id: str) -> ServiceError | None:
+    """The error an engine sent inside a stream, as an ErrorResponse or its SSE event."""
+    error = getattr(part, "error", None)
+    if error is not None and hasattr(error, "message"):
+        return from_engine_error(int(error.code), error.message, error.param, request_id)
+    if not (isinstance(part, str) and part.startswith('data: {"error"')):
+        return None
+    try:
+        info = json.loads(part[len("data: ") :])["error"]
+        code = int(info.get("code") or 500)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, info = 500, {}
+    return from_engine_error(code, str(info.get("message", "")), info.get("param"), request_id)
 
 
 class _PoolStream(StreamingResponse):
@@ -179,7 +203,9 @@ async def _sse(
     error = None
     try:
         async with asyncio.timeout_at(deadline):
-            yield tap.events(first)
+            events = tap.events(first)
+            done = events.rstrip().endswith("data: [DONE]")
+            yield events
             async for item in responses:
                 events = tap.events(item)
                 done = done or events.rstrip().endswith("data: [DONE]")

@@ -183,7 +183,8 @@ def is_saturated(load: PoolLoad | None, t: Thresholds) -> bool:
         return False  # scaled to zero: the request wakes it up
     return (
         load.ongoing >= t.max_ongoing_per_replica * load.replicas
-        or load.queued >= t.max_queued_per_replica * load.replicas
+        # Strict: a queue bound of 0 (or one scaled down to 0) means "no queue", not "full".
+        or load.queued > t.max_queued_per_replica * load.replicas
         or load.kv_usage >= t.max_kv_usage
     )
 

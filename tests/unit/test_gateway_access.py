@@ -12,7 +12,7 @@ from service.access.audit import AUDIT_LOGGER, AuditLog
 from service.access.gate import AccessControl
 from service.access.keys import KeyFile, create_key, revoke_key
 from service.access.limits import MemoryRateLimiter
-from service.access.usage import MemoryUsageStore
+from service.access.usage import MemoryUsageStore, UsageUnavailable
 from service.gateway.api import create_app
 from service.routing.load import LoadTracker
 from service.settings import AccessSettings, Settings
@@ -191,6 +191,14 @@ async def test_a_request_without_max_tokens_gets_the_tenants_cap(keys_path):
     assert gateway.backend.calls[0][2].max_tokens == 64
 
 
+async def test_a_cap_the_client_did_not_ask_for_does_not_route_it_as_a_long_output(keys_path):
+    key = create_key(keys_path, "team-c", models=["*"], max_tokens=100_000)
+    gateway = Gateway(keys_path)
+    response = await gateway.chat(key)
+    assert response.headers["x-routed-model"] == MOE
+    assert response.headers["x-route-reason"] != "size:long-output"
+
+
 async def test_a_cap_the_client_did_not_ask_for_never_overflows_the_context(keys_path):
     key = create_key(keys_path, "team-c", models=["*"], max_tokens=100_000)
     gateway = Gateway(keys_path)
@@ -227,6 +235,17 @@ async def test_usage_is_reported_per_tenant_to_admin_keys_only(gateway, team_key
         {"tenant": "team-a", "model": MOE, "requests": 1, "prompt_tokens": 3,
          "completion_tokens": 1}
     ]  # fmt: skip
+
+
+async def test_usage_during_a_store_outage_is_503_with_retry_after(gateway, admin_key):
+    async def unavailable(window_s, now=None):
+        raise UsageUnavailable("usage store unavailable: ConnectionError()")
+
+    gateway.usage.report = unavailable
+    async with gateway.client(admin_key) as c:
+        response = await c.get("/admin/usage", params={"window_s": 600})
+    assert error_of(response, 503)["code"] == "service_unavailable"
+    assert response.headers["retry-after"]
 
 
 async def test_each_request_writes_one_audit_line_without_content(gateway, team_key, tmp_path):

@@ -231,3 +231,43 @@ async def test_a_request_refused_because_every_pool_is_saturated_counts_as_shed(
     assert response.status_code == 503
     (outcome,) = recorder.outcomes
     assert (outcome.pool, outcome.shed_reason) == (POOL, "saturated")
+
+
+ENGINE_CRASH = (
+    'data: {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for '
+    'the root cause.", "type": "InternalServerError", "param": null, "code": 500}}\n\n'
+)
+
+
+async def test_an_engine_error_inside_a_stream_reaches_the_client_without_internals(
+    backend, recorder
+):
+    backend.script = lambda req: [[ROLE], [token("a")], [ENGINE_CRASH, "data: [DONE]\n\n"]]
+    response = await post(backend, recorder, chat_body(stream=True), headers={"x-request-id": "r1"})
+    events = [e for e in response.text.split("\n\n") if e]
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert (error["type"], error["code"]) == ("server_error", "engine_error")
+    assert "EngineCore" not in error["message"] and "r1" in error["message"]
+    assert events[-1] == "data: [DONE]"
+    assert events.count("data: [DONE]") == 1
+
+
+async def test_an_engine_error_inside_a_stream_is_counted_as_an_error(backend, recorder):
+    backend.script = lambda req: [[ROLE], [token("a")], [ENGINE_CRASH, "data: [DONE]\n\n"]]
+    await post(backend, recorder, chat_body(stream=True))
+    (outcome,) = recorder.outcomes
+    assert outcome.status == 500
+
+
+async def test_a_client_error_inside_a_stream_keeps_its_message(backend, recorder):
+    bad = 'data: {"error": {"message": "bad grammar", "type": "BadRequestError", "code": 400}}\n\n'
+    backend.script = lambda req: [[ROLE], [bad, "data: [DONE]\n\n"]]
+    response = await post(backend, recorder, chat_body(stream=True))
+    assert '"bad grammar"' in response.text
+    assert recorder.outcomes[0].status == 400
+
+
+async def test_a_stream_whose_first_batch_ends_it_gets_one_done(backend, recorder):
+    backend.script = lambda req: [[ROLE, token("a"), USAGE, "data: [DONE]\n\n"]]
+    response = await post(backend, recorder, chat_body(stream=True))
+    assert response.text.count("data: [DONE]") == 1

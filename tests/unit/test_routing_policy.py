@@ -1,5 +1,7 @@
 """The routing policy: each step alone, then whole decisions on a table of requests."""
 
+import dataclasses
+
 import pytest
 
 from service.catalog import Modality
@@ -138,7 +140,8 @@ def test_spill_over_refuses_with_503_when_every_pool_is_saturated():
         (busy(ongoing=3), False),
         (busy(ongoing=4), True),
         (busy(ongoing=7, replicas=2), False),
-        (busy(ongoing=0, queued=8), True),
+        (busy(ongoing=0, queued=8), False),  # a full queue, not yet an overflowing one
+        (busy(ongoing=0, queued=9), True),
         (busy(ongoing=0, kv_usage=0.97), True),
         (busy(ongoing=100, age_s=60), False),  # stale figures never saturate
         (busy(ongoing=100, replicas=0), False),  # scaled to zero: the request wakes it
@@ -146,6 +149,12 @@ def test_spill_over_refuses_with_503_when_every_pool_is_saturated():
 )
 def test_saturation(load, saturated):
     assert is_saturated(load, RULES) is saturated
+
+
+def test_a_queue_bound_of_zero_saturates_only_a_pool_with_a_queue():
+    no_queue = dataclasses.replace(RULES, max_queued_per_replica=0)
+    assert not is_saturated(busy(ongoing=0, queued=0), no_queue)
+    assert is_saturated(busy(ongoing=0, queued=1), no_queue)
 
 
 # whole decisions ----------------------------------------------------------------------

@@ -131,10 +131,18 @@ class AccessControl:
                 f"requested {estimated_tokens} (prompt estimate + max_tokens x choices); "
                 "reduce the input, max_tokens or n"
             )
-        try:
-            admission = await self._limiter.admit(
+        charge = asyncio.ensure_future(
+            self._limiter.admit(
                 tenant.id, limits, request_id=request_id, estimated_tokens=estimated_tokens
             )
+        )
+        try:
+            # Shielded: a client that leaves now must not leave behind a charge and a slot
+            # the store took but nobody will release.
+            admission = await asyncio.shield(charge)
+        except asyncio.CancelledError:
+            charge.add_done_callback(self._release_abandoned)
+            raise
         except LimiterUnavailable as exc:
             self._on_store_error()
             fail = self._settings.on_store_error
@@ -151,6 +159,15 @@ class AccessControl:
                 headers=admission.headers,
             )
         return admission
+
+    def _release_abandoned(self, charge: asyncio.Future) -> None:
+        """The admission of a request whose client left while it was decided: nothing was
+        served, so its slot is freed and its token estimate refunded."""
+        if charge.cancelled() or charge.exception() is not None:
+            return
+        admission = charge.result()
+        if admission.admitted and admission.lease is not None:
+            self._spawn(self._limiter.settle(admission.lease, 0))
 
     def finish(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         """Runs when the request ends (from a sync close): the store calls go in the background."""

@@ -311,3 +311,29 @@ async def test_the_key_never_reaches_a_span(keys_path, team_key):
     spans = exporter.get_finished_spans()
     assert any(s.attributes.get("gemma.tenant") == "team-a" for s in spans)
     assert team_key.split("_", 2)[2] not in "".join(s.to_json() for s in spans)
+
+
+async def test_a_client_gone_during_admission_leaves_no_slot_or_charge_behind(keys_path):
+    key = create_key(
+        keys_path, "team-s", models=["*"], max_concurrent_requests=1, tokens_per_minute=1000
+    )
+    gateway = Gateway(keys_path)
+    limiter = gateway.access._limiter
+    admit = limiter.admit
+
+    async def slow_admit(*args, **kwargs):
+        admission = await admit(*args, **kwargs)  # charged and slot taken...
+        await asyncio.sleep(0.05)  # ...then the answer is slow to come back
+        return admission
+
+    limiter.admit = slow_admit
+    principal = gateway.access.authenticate({"authorization": f"Bearer {key}"})
+    task = asyncio.create_task(gateway.access.admit(principal, "r1", 900))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.1)  # the abandoned admission completes, then is released
+    limiter.admit = admit
+    admission = await gateway.access.admit(principal, "r2", 900)  # slot and tokens are back
+    assert admission is not None and admission.admitted

@@ -57,6 +57,8 @@ class RequestTelemetry:
         self._first_output_at: float | None = None
         self._last_output_at: float | None = None
         self._usage: tuple[int, int] | None = None
+        self.prompt_estimate: int | None = None  # the gateway's, for a stream cut before usage
+        self._outputs = 0
         self._closed = False
         self._root = self._call = self._queue = None
         if tracer is not None:
@@ -115,6 +117,7 @@ class RequestTelemetry:
 
     def output(self) -> None:
         """A chunk with generated text was sent to the client."""
+        self._outputs += 1
         now = self._clock()
         if self._first_output_at is None:
             self._first_output_at = now
@@ -132,7 +135,7 @@ class RequestTelemetry:
         service_error = error if isinstance(error, ServiceError) else None
         if self.pool == NO_POOL and getattr(error, "pool_id", None):
             self.pool = error.pool_id  # refused at routing, on behalf of this pool
-        prompt, completion = self._usage or (None, None)
+        prompt, completion = self._usage or self._usage_so_far()
         outcome = RequestOutcome(
             endpoint=self._endpoint,
             pool=self.pool,
@@ -153,6 +156,14 @@ class RequestTelemetry:
             except Exception:  # accounting must never break the answer
                 log.exception("a request's close callback failed")
         self._end_spans(status, error, prompt, completion)
+
+    def _usage_so_far(self) -> tuple[int | None, int | None]:
+        """A stream that ended before the engine's usage chunk (the client left, or the
+        engine failed) is billed for what was sent: one token per output event (vLLM sends a
+        chunk per decode step), and the gateway's prompt estimate."""
+        if not self._outputs or self.prompt_estimate is None:
+            return None, None
+        return self.prompt_estimate, self._outputs
 
     def _ttft(self) -> float | None:
         return None if self._first_output_at is None else self._first_output_at - self._start

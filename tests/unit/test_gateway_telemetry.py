@@ -1,5 +1,6 @@
 """What the gateway measures and traces per request, isolated from Ray by a fake pool."""
 
+import asyncio
 import json
 
 import httpx
@@ -271,3 +272,42 @@ async def test_a_stream_whose_first_batch_ends_it_gets_one_done(backend, recorde
     backend.script = lambda req: [[ROLE, token("a"), USAGE, "data: [DONE]\n\n"]]
     response = await post(backend, recorder, chat_body(stream=True))
     assert response.text.count("data: [DONE]") == 1
+
+
+async def test_a_client_that_leaves_before_the_usage_chunk_is_billed_for_what_it_got(
+    backend, recorder
+):
+    from types import SimpleNamespace
+
+    from service.gateway.dispatch import call_pool
+    from service.telemetry.request import RequestTelemetry
+
+    backend.script = lambda req: [[ROLE], [token("a")], [token("b")], [token("c")], STREAM[-1]]
+    telemetry = RequestTelemetry("chat", CHAT, {}, recorder)
+    telemetry.routed(POOL, "pinned")
+    telemetry.prompt_estimate = 12
+    response = await call_pool(
+        backend,
+        "chat",
+        SimpleNamespace(model=POOL),
+        telemetry=telemetry,
+        timeout_s=5,
+        request_id="r1",
+        headers={},
+    )
+    sent = []
+
+    async def receive():
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        sent.append(message)
+        if len(sent) > 3:  # the start, the role chunk and one token got out; the next fails
+            raise OSError("client gone")
+
+    with pytest.raises(BaseException):  # noqa: B017
+        await response({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    (outcome,) = recorder.outcomes
+    assert outcome.status == 499
+    # The token whose send failed counts too: it was generated for this client.
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (12, 2)

@@ -9,9 +9,10 @@ from ray.serve.deployment import Application
 from ray.serve.llm import build_llm_deployment
 
 from service import catalog
+from service.errors import ConfigError
 from service.gateway.deployment import Gateway
 from service.pool import PoolServer
-from service.settings import Settings, settings_from_mapping
+from service.settings import AccessSettings, Settings, settings_from_mapping
 
 APP_NAME = "gemma-serve"
 POOL_DEPLOYMENT_PREFIX = "pool:"
@@ -34,7 +35,21 @@ def build_app(settings: Settings) -> Application:
 def from_args(args: dict[str, Any]) -> Application:
     """Ray Serve application builder for a RayService (`import_path: service.app:from_args`):
     `args` is the settings mapping, validated exactly like a config file."""
-    return build_app(settings_from_mapping(dict(args), "serveConfigV2 args"))
+    settings = settings_from_mapping(dict(args), "serveConfigV2 args")
+    cluster_access_problem(settings.access)
+    return build_app(settings)
+
+
+def cluster_access_problem(access: AccessSettings) -> None:
+    """On a cluster Serve's proxy listens on the pod network whatever server.host says, so a
+    deployment without keys is open to the network: refuse it unless asked for by name."""
+    if access.keys_file is None and not access.allow_unauthenticated_network_access:
+        raise ConfigError(
+            "serveConfigV2 args: no API keys are configured (access.keys_file), and a cluster "
+            "deployment is reachable from the pod network; set access.keys_file "
+            "(docs/operator-guide.md), or access.allow_unauthenticated_network_access: true "
+            "for a network you trust"
+        )
 
 
 def serve_gateway(settings: Settings):

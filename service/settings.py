@@ -244,6 +244,11 @@ class AccessSettings(Strict):
         None, description="API keys and tenants (docs/operator-guide.md); unset: no authentication"
     )
     keys_reload_interval_s: float = Field(2.0, gt=0, description="how often the file is re-read")
+    allow_unauthenticated_network_access: bool = Field(
+        False,
+        description="serve a cluster deployment without API keys (anyone who reaches it may "
+        "use every model); only for a network you trust",
+    )
     redis_url: str | None = Field(
         None, description="shared limit and usage state for several gateway replicas"
     )

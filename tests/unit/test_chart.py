@@ -852,3 +852,11 @@ YAMLLINT = YamlLintConfig("extends: default\nrules:\n  line-length: {max: 100}\n
 def test_values_files_are_yamllint_clean(name):
     problems = list(linter.run((CHART / name).read_text(), YAMLLINT, str(CHART / name)))
     assert not problems, [f"{p.line}:{p.column} {p.message} ({p.rule})" for p in problems]
+
+
+def test_values_without_keys_are_refused_unless_open_access_is_named():
+    message = render_error({"config": {"access": {"keys_file": None}}})
+    assert "/config/access" in message
+    access = {"keys_file": None, "allow_unauthenticated_network_access": True}
+    open_values = {"config": {"access": access}}
+    assert rendered(open_values)

@@ -101,6 +101,17 @@ class AccessControl:
         principal.check_model(body.model)
         return cap_max_tokens(principal.tenant, body)
 
+    def keys_status(self) -> dict[str, Any] | None:
+        """The keys file in force, and why its present version is not, if it is not."""
+        if self._keys is None:
+            return None
+        self._keys.current()  # a due reload happens here, not only on a request
+        return {
+            "file": str(self._keys.path),
+            "loaded_at": self._keys.loaded_at.isoformat("T", "seconds"),
+            "error": self._keys.last_error,
+        }
+
     def check_priority(
         self, principal: Principal | None, load: PoolLoad | None, thresholds: Thresholds, pool: str
     ) -> None:

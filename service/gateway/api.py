@@ -226,10 +226,11 @@ def create_app(
     async def ready() -> Response:
         pools = await readiness()
         ok = all(pools.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "not ready", "pools": pools},
-            status_code=200 if ok else 503,
-        )
+        body: dict[str, Any] = {"status": "ready" if ok else "not ready", "pools": pools}
+        if access is not None and (keys := access.keys_status()) is not None:
+            # A broken new keys file keeps the old keys (and readiness), but says so here.
+            body["keys"] = keys
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
 

@@ -51,6 +51,7 @@ class Gateway:
 
     async def __serve_build_asgi_app__(self) -> FastAPI:
         self._recorder = RayMetricsRecorder()
+        self._access = build_access(self._settings, self._recorder.limiter_error)
         self._refresher = asyncio.create_task(self._refresh_forever())
         return create_app(
             self._settings,
@@ -59,7 +60,7 @@ class Gateway:
             self._loads,
             recorder=self._recorder,
             tracer=build_tracer(self._settings.telemetry.tracing),
-            access=build_access(self._settings, self._recorder.limiter_error),
+            access=self._access,
         )
 
     async def _refresh_forever(self) -> None:
@@ -74,6 +75,8 @@ class Gateway:
     async def _refresh(self) -> None:
         for pool_id, load in self._loads.snapshot().items():
             self._recorder.in_flight(pool_id, load.ongoing)
+        if (keys := self._access.keys_status()) is not None:
+            self._recorder.keys_file_stale(keys["error"] is not None)
         await self._refresh_replicas()
         await asyncio.gather(*(self._sample_engine(p) for p in self._pools))
 

@@ -102,6 +102,11 @@ class RayMetricsRecorder:
             description="Requests this gateway replica has sent to a pool and not finished.",
             tag_keys=("pool",),
         )
+        self._keys_file_stale = Gauge(
+            "gemma_serve_keys_file_stale",
+            description="1 while the keys file's present version is broken or missing and "
+            "older keys stay in force (revocations in it are not applied).",
+        )
         self._ttft = histogram(
             "time_to_first_token_seconds",
             "Streamed requests: arrival at the gateway to the first generated text sent.",
@@ -119,6 +124,9 @@ class RayMetricsRecorder:
 
     def in_flight(self, pool: str, count: int) -> None:
         self._in_flight.set(count, tags={"pool": pool})
+
+    def keys_file_stale(self, stale: bool) -> None:
+        self._keys_file_stale.set(1 if stale else 0)
 
     def limiter_error(self) -> None:
         self._limiter_errors.inc()

@@ -51,8 +51,12 @@ class Gateway:
             audit=AuditLog(audit_path, include_content=content, name=f"audit-{id(self)}"),
             retry_after_s=2,
         )
+
+        async def readiness():
+            return {}
+
         self.app = create_app(
-            self.settings, self.backend, lambda: None, loads, self.recorder, access=self.access
+            self.settings, self.backend, readiness, loads, self.recorder, access=self.access
         )
 
     def client(self, key=None):
@@ -337,3 +341,15 @@ async def test_a_client_gone_during_admission_leaves_no_slot_or_charge_behind(ke
     limiter.admit = admit
     admission = await gateway.access.admit(principal, "r2", 900)  # slot and tokens are back
     assert admission is not None and admission.admitted
+
+
+async def test_a_broken_keys_file_is_named_in_ready_while_the_old_keys_stay_in_force(
+    keys_path, team_key
+):
+    gateway = Gateway(keys_path)
+    keys_path.write_text("keys: [unclosed\n")
+    async with gateway.client() as c:
+        ready = (await c.get("/ready")).json()
+    assert ready["keys"]["file"] == str(keys_path)
+    assert ready["keys"]["error"]
+    assert (await gateway.chat(team_key)).status_code == 200

@@ -22,7 +22,7 @@ def build_app(settings: Settings) -> Application:
     cache_dir = settings.resolved_cache_dir
     pools = {
         pool.id: build_llm_deployment(
-            catalog.llm_config(pool, cache_dir, settings.telemetry),
+            catalog.llm_config(pool, cache_dir, settings.telemetry, settings.media),
             name_prefix=POOL_DEPLOYMENT_PREFIX,
             deployment_cls=PoolServer,
         )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from ray.serve.llm import LLMConfig
 
-    from service.settings import PoolSettings, TelemetrySettings
+    from service.settings import MediaSettings, PoolSettings, TelemetrySettings
 
 
 class Modality(StrEnum):
@@ -168,7 +168,11 @@ def checkpoint_source(pool: PoolSettings, cache_dir: Path) -> str:
     return model.fp8_hf_id if pool.weights == "fp8" and model.fp8_hf_id else model.hf_id
 
 
-def engine_kwargs(pool: PoolSettings, telemetry: TelemetrySettings | None = None) -> dict[str, Any]:
+def engine_kwargs(
+    pool: PoolSettings,
+    telemetry: TelemetrySettings | None = None,
+    media: MediaSettings | None = None,
+) -> dict[str, Any]:
     """vLLM engine and frontend arguments for one pool, user overrides applied last."""
     args: dict[str, Any] = {
         "max_model_len": max_model_len(pool),
@@ -201,6 +205,8 @@ def engine_kwargs(pool: PoolSettings, telemetry: TelemetrySettings | None = None
         if modalities(pool) == {Modality.TEXT}:
             # Skips loading the vision/audio encoders: more memory for KV cache.
             args["language_model_only"] = True
+    if media is not None and media.allowed_remote_domains:
+        args["allowed_media_domains"] = list(media.allowed_remote_domains)
     if engine_tracing(telemetry):
         # vLLM continues the gateway's trace from the traceparent the gateway passes on.
         args["otlp_traces_endpoint"] = telemetry.tracing.otlp_endpoint
@@ -304,7 +310,10 @@ def prefix_affinity(pool: PoolSettings) -> bool:
 
 
 def runtime_env(pool: PoolSettings, telemetry: TelemetrySettings | None = None) -> dict[str, Any]:
-    env = {"HF_HUB_OFFLINE": "1"} if is_tiny(pool) else {}
+    # A redirect could lead a media fetch to an address the gateway refused (remote_media.py).
+    env = {"VLLM_MEDIA_URL_ALLOW_REDIRECTS": "0"}
+    if is_tiny(pool):
+        env["HF_HUB_OFFLINE"] = "1"
     if pool.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(pool.cpu_kv_cache_gib)
         if pool.cpu_threads_bind is not None:
@@ -313,11 +322,14 @@ def runtime_env(pool: PoolSettings, telemetry: TelemetrySettings | None = None) 
         # The gateway exports OTLP/HTTP; vLLM defaults to gRPC.
         env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
         env["OTEL_SERVICE_NAME"] = f"{telemetry.tracing.service_name}-engine"
-    return {"env_vars": env} if env else {}
+    return {"env_vars": env}
 
 
 def llm_config_kwargs(
-    pool: PoolSettings, cache_dir: Path, telemetry: TelemetrySettings | None = None
+    pool: PoolSettings,
+    cache_dir: Path,
+    telemetry: TelemetrySettings | None = None,
+    media: MediaSettings | None = None,
 ) -> dict[str, Any]:
     """The LLMConfig fields, as plain data (what check-config prints)."""
     kwargs: dict[str, Any] = {
@@ -325,7 +337,7 @@ def llm_config_kwargs(
             "model_id": pool.id,
             "model_source": checkpoint_source(pool, cache_dir),
         },
-        "engine_kwargs": engine_kwargs(pool, telemetry),
+        "engine_kwargs": engine_kwargs(pool, telemetry, media),
         "deployment_config": deployment_config(pool, telemetry),
         "experimental_configs": {"stream_batching_interval_ms": pool.stream_batching_interval_ms},
         "log_engine_metrics": True,
@@ -341,19 +353,20 @@ def llm_config_kwargs(
             }
     else:
         kwargs["placement_group_config"] = {"bundles": [{"CPU": 1}]}
-    env = runtime_env(pool, telemetry)
-    if env:
-        kwargs["runtime_env"] = env
+    kwargs["runtime_env"] = runtime_env(pool, telemetry)
     return kwargs
 
 
 def llm_config(
-    pool: PoolSettings, cache_dir: Path, telemetry: TelemetrySettings | None = None
+    pool: PoolSettings,
+    cache_dir: Path,
+    telemetry: TelemetrySettings | None = None,
+    media: MediaSettings | None = None,
 ) -> LLMConfig:
     from ray.serve.llm import LLMConfig
     from vllm.config import StructuredOutputsConfig
 
-    kwargs = llm_config_kwargs(pool, cache_dir, telemetry)
+    kwargs = llm_config_kwargs(pool, cache_dir, telemetry, media)
     engine = kwargs["engine_kwargs"]
     # vLLM's engine args take this one as its config object, not a dict.
     if isinstance(engine.get("structured_outputs_config"), dict):

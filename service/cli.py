@@ -73,7 +73,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     resolved = resolved_config(settings)
     for pool in settings.pools:
         try:
-            catalog.llm_config(pool, settings.resolved_cache_dir, settings.telemetry)
+            catalog.llm_config(
+                pool, settings.resolved_cache_dir, settings.telemetry, settings.media
+            )
         except Exception as exc:  # LLMConfig's own validation, reported per pool
             raise ConfigError(f"pool '{pool.id}' is rejected by Ray Serve LLM: {exc}") from None
     print(yaml.safe_dump(resolved, sort_keys=False), end="")
@@ -90,7 +92,9 @@ def resolved_config(settings: Settings) -> dict[str, Any]:
                 "id": pool.id,
                 "model": pool.catalog_id,
                 "modalities": sorted(str(m) for m in catalog.modalities(pool)),
-                "llm_config": catalog.llm_config_kwargs(pool, cache_dir, settings.telemetry),
+                "llm_config": catalog.llm_config_kwargs(
+                    pool, cache_dir, settings.telemetry, settings.media
+                ),
             }
             for pool in settings.pools
         ],

@@ -192,6 +192,11 @@ class MediaSettings(Strict):
     max_video_bytes: int = Field(50 * 1024 * 1024, gt=0, description="decoded, per video")
     max_items_per_request: int = Field(16, ge=0, description="media parts of all kinds")
     allow_remote_urls: bool = Field(False, description="http(s) media URLs; data: URLs always")
+    allowed_remote_domains: list[str] = Field(
+        default_factory=list,
+        description="with allow_remote_urls: the only hosts media may come from (also vLLM's "
+        "allowed_media_domains); empty: any host that resolves to public addresses only",
+    )
 
 
 class RoutingSettings(Strict):

@@ -33,7 +33,13 @@ from service.errors import (
 from service.gateway.bounds import check_bounds
 from service.gateway.dispatch import PoolBackend, call_pool
 from service.gateway.models import ModelDirectory
-from service.gateway.multimodal import MediaLimits, check_pool_accepts, inspect_messages
+from service.gateway.multimodal import (
+    MediaLimits,
+    MediaSummary,
+    check_pool_accepts,
+    inspect_messages,
+)
+from service.gateway.remote_media import check_public_hosts
 from service.gateway.requests import parse_as, read_json_object
 from service.routing.features import RequestFeatures, chat_features, completion_features
 from service.routing.load import LoadTracker
@@ -104,9 +110,14 @@ def create_app(
         if not directory.is_alias(body.model):
             directory.pool_id(body.model)  # an unknown model is 404 before it is 403
         default_cap = access.check_request(ctx.principal, body) if access else None
+        media = None
+        if isinstance(body, ChatCompletionRequest):
+            media = inspect_messages(body.messages, media_limits)
+            if media.remote_hosts:
+                await check_public_hosts(media.remote_hosts)
         with telemetry.span("route") as span:
             snapshot = loads.snapshot()  # one view of pool load for routing and shedding
-            decision, media, features = route(request, body, snapshot)
+            decision, features = route(request, body, media, snapshot)
             if span is not None:
                 span.set_attributes(
                     {"gemma.route.pool": decision.pool_id, "gemma.route.reason": decision.reason,
@@ -152,11 +163,10 @@ def create_app(
         )
 
     def route(
-        request: Request, body: Any, snapshot: dict[str, PoolLoad]
-    ) -> tuple[Decision, Any, RequestFeatures]:
+        request: Request, body: Any, media: MediaSummary | None, snapshot: dict[str, PoolLoad]
+    ) -> tuple[Decision, RequestFeatures]:
         tier = request.headers.get(routing.tier_header)
-        if isinstance(body, ChatCompletionRequest):
-            media = inspect_messages(body.messages, media_limits)
+        if media is not None:
             features = chat_features(
                 body,
                 media.counts,
@@ -165,7 +175,6 @@ def create_app(
                 tier=tier,
             )
         else:
-            media = None
             features = completion_features(
                 body,
                 bytes_per_token=routing.bytes_per_token,
@@ -173,8 +182,8 @@ def create_app(
                 tier=tier,
             )
         if directory.is_alias(body.model):
-            return policy.route(features, snapshot), media, features
-        return policy.pin(directory.pool_id(body.model), features), media, features
+            return policy.route(features, snapshot), features
+        return policy.pin(directory.pool_id(body.model), features), features
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

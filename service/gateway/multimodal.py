@@ -48,6 +48,7 @@ class MediaLimits:
     max_video_bytes: int = 50 * 1024 * 1024
     max_items_per_request: int = 16  # all media parts together
     allow_remote_urls: bool = False  # http(s) URLs; data: URLs are always allowed
+    allowed_remote_domains: Sequence[str] = ()  # empty: any public host
 
     def max_bytes(self, kind: Modality) -> int:
         return {
@@ -60,6 +61,8 @@ class MediaLimits:
 @dataclass(frozen=True)
 class MediaSummary:
     counts: Mapping[Modality, int]  # TEXT always (may be 0), media kinds only when present
+    # (JSON path, host) of each http(s) URL: resolved by the caller before the engine fetches.
+    remote_hosts: tuple[tuple[str, str], ...] = ()
 
     @property
     def modalities(self) -> frozenset[Modality]:
@@ -79,10 +82,12 @@ def inspect_messages(messages: Sequence[Mapping[str, Any]], limits: MediaLimits)
             param=first_over,
         )
     counts: dict[Modality, int] = {Modality.TEXT: text_parts}
+    remote_hosts = []
     for item in media:
-        _check_payload(item, limits)
+        if (host := _check_payload(item, limits)) is not None:
+            remote_hosts.append((item.path, host))
         counts[item.kind] = counts.get(item.kind, 0) + 1
-    return MediaSummary(MappingProxyType(counts))
+    return MediaSummary(MappingProxyType(counts), tuple(remote_hosts))
 
 
 def check_pool_accepts(
@@ -236,7 +241,8 @@ def _parse_input_audio(part: Mapping[str, Any], path: str) -> _Media:
     return _Media(path, f"{field}.data", "input_audio", Modality.AUDIO, data, audio_format)
 
 
-def _check_payload(item: _Media, limits: MediaLimits) -> None:
+def _check_payload(item: _Media, limits: MediaLimits) -> str | None:
+    """Checks the part's payload; returns the host of a remote URL."""
     if item.audio_format is not None:
         data = _decode(item.payload, item, limits)
         signature = _FORMAT_SIGNATURES.get(item.audio_format)
@@ -244,7 +250,8 @@ def _check_payload(item: _Media, limits: MediaLimits) -> None:
     elif item.payload[:5].lower() == "data:":
         _check_data_url(item, limits)
     else:
-        _check_other_url(item, limits)
+        return _check_other_url(item, limits)
+    return None
 
 
 def _check_data_url(item: _Media, limits: MediaLimits) -> None:
@@ -273,7 +280,7 @@ def _check_data_url(item: _Media, limits: MediaLimits) -> None:
     _check_signature(decoded, _MEDIA_TYPE_SIGNATURES.get(media_type), item, media_type)
 
 
-def _check_other_url(item: _Media, limits: MediaLimits) -> None:
+def _check_other_url(item: _Media, limits: MediaLimits) -> str:
     try:
         url = urlsplit(item.payload)
     except ValueError:
@@ -286,9 +293,17 @@ def _check_other_url(item: _Media, limits: MediaLimits) -> None:
                 f"{item.path}: remote URLs are disabled on this server; {inline}",
                 param=item.path,
             )
-        if not url.netloc:
+        host = (url.hostname or "").lower()
+        if not host:
             raise InvalidRequest(f"{item.path} has no host", param=item.path)
-        return
+        allowed = limits.allowed_remote_domains
+        if allowed and host not in allowed:
+            raise InvalidRequest(
+                f"{item.path}: media from '{_clip(host)}' is not allowed on this server; "
+                f"allowed hosts: {', '.join(allowed)}",
+                param=item.path,
+            )
+        return host
     if not scheme:
         raise InvalidRequest(f"{item.path} is not a URL; {inline}", param=item.path)
     # file: would read the engine host's disk; others are not fetchable by vLLM at all.

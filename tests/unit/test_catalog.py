@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from service import catalog
-from service.settings import PoolSettings, TelemetrySettings, load_settings
+from service.settings import MediaSettings, PoolSettings, TelemetrySettings, load_settings
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 CACHE = Path("/cache")
@@ -191,3 +191,10 @@ def test_a_malformed_core_binding_is_refused(bind):
         PoolSettings(
             id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu", cpu_threads_bind=bind
         )
+
+
+def test_engines_fetch_media_only_from_the_allowed_domains_and_never_follow_redirects():
+    pool = PoolSettings(id="gemma-4-31b-it")
+    media = MediaSettings(allow_remote_urls=True, allowed_remote_domains=["img.example.com"])
+    assert catalog.engine_kwargs(pool, media=media)["allowed_media_domains"] == ["img.example.com"]
+    assert catalog.runtime_env(pool)["env_vars"]["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"

@@ -437,3 +437,59 @@ async def test_too_many_messages_are_refused_at_once(backend):
         error = assert_openai_error(await c.post(CHAT, json=body), 400)
     assert error["param"] == "messages"
     assert "10000 entries; at most 1000" in error["message"]
+
+
+# --- remote media URLs: public hosts only ------------------------------------------------------
+
+
+def _image_at(url: str) -> dict:
+    return chat_body(
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+    )
+
+
+async def _remote_gateway(backend, **media):
+    async def readiness():
+        return {}
+
+    settings = Settings(media={"allow_remote_urls": True, **media})
+    transport = httpx.ASGITransport(app=create_app(settings, backend, readiness))
+    return httpx.AsyncClient(transport=transport, base_url="http://gw")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",  # the cloud metadata service
+        "http://127.0.0.1:8000/admin/usage",
+        "http://localhost/cat.png",
+        "http://10.1.2.3/cat.png",
+        "http://[::1]/cat.png",
+        "http://[fd00::1]/cat.png",
+    ],
+)
+async def test_a_media_url_naming_a_non_public_address_is_refused(backend, url):
+    async with await _remote_gateway(backend) as c:
+        error = assert_openai_error(await c.post(CHAT, json=_image_at(url)), 400)
+    assert error["param"] == "messages[0].content[0].image_url.url"
+    assert "not a public address" in error["message"]
+    assert not backend.calls
+
+
+async def test_a_media_url_whose_host_does_not_resolve_is_refused(backend):
+    async with await _remote_gateway(backend) as c:
+        response = await c.post(CHAT, json=_image_at("http://no-such-host.invalid/cat.png"))
+    assert "cannot be resolved" in assert_openai_error(response, 400)["message"]
+
+
+async def test_a_media_url_at_a_public_address_reaches_the_engine(backend):
+    async with await _remote_gateway(backend) as c:
+        response = await c.post(CHAT, json=_image_at("http://93.184.216.34/cat.png"))
+    assert response.status_code in (200, 400)  # 400 only for the pool's modalities, not the host
+    assert "public address" not in response.text
+
+
+async def test_with_allowed_domains_media_from_any_other_host_is_refused(backend):
+    async with await _remote_gateway(backend, allowed_remote_domains=["img.example.com"]) as c:
+        response = await c.post(CHAT, json=_image_at("http://93.184.216.34/cat.png"))
+    assert "not allowed on this server" in assert_openai_error(response, 400)["message"]

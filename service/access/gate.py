@@ -185,6 +185,8 @@ class AccessControl:
         tokens = None
         if outcome.prompt_tokens is not None:
             tokens = outcome.prompt_tokens + (outcome.completion_tokens or 0)
+        elif outcome.ttft_s is None:
+            tokens = 0  # nothing was served (an engine failure, a client gone): refund it all
         if ctx.admission is not None and ctx.admission.lease is not None:
             self._spawn(self._limiter.settle(ctx.admission.lease, tokens))
         if ctx.principal is not None and ctx.principal.tenant and outcome.prompt_tokens is not None:

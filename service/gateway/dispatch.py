@@ -30,6 +30,14 @@ from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
+RETRIES_BEFORE_FIRST_ITEM = 1
+
+
+def _replica_lost(exc: BaseException) -> bool:
+    """The replica died or became unreachable: the request never ran to an answer there."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(exc, RayActorError | ActorUnavailableError)
 
 
 class ResponseStream(Protocol):
@@ -63,9 +71,18 @@ async def call_pool(
     responses: ResponseStream | None = None
     try:
         trace_headers = telemetry.dispatched()
-        responses = backend.stream(telemetry.pool, method, request, trace_headers)
-        async with asyncio.timeout_at(deadline):
-            first = await anext(responses)
+        for attempt in range(1 + RETRIES_BEFORE_FIRST_ITEM):
+            responses = backend.stream(telemetry.pool, method, request, trace_headers)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    first = await anext(responses)
+                break
+            except Exception as exc:
+                if attempt == RETRIES_BEFORE_FIRST_ITEM or not _replica_lost(exc):
+                    raise
+                # Nothing reached the client yet: Serve sends the retry to a live replica.
+                log.warning("pool replica lost before its first item (%r); retrying", exc)
+                responses.cancel()
         telemetry.answered()
         item = first[0] if isinstance(first, list) and first else first
         _raise_if_error(item, request_id)

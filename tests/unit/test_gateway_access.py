@@ -353,3 +353,13 @@ async def test_a_broken_keys_file_is_named_in_ready_while_the_old_keys_stay_in_f
     assert ready["keys"]["file"] == str(keys_path)
     assert ready["keys"]["error"]
     assert (await gateway.chat(team_key)).status_code == 200
+
+
+async def test_a_request_that_failed_before_any_output_costs_no_tokens(keys_path):
+    key = create_key(keys_path, "team-t", models=["*"], tokens_per_minute=100)
+    gateway = Gateway(keys_path)
+    gateway.backend.script = lambda req: [RuntimeError("engine died")]
+    assert (await gateway.chat(key, max_tokens=60)).status_code == 500
+    await asyncio.sleep(0)  # refunded in the background
+    gateway.backend.script = None
+    assert (await gateway.chat(key, max_tokens=60)).status_code == 200

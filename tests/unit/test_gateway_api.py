@@ -14,6 +14,7 @@ from tests.unit.gateway_fakes import (
     FakeBackend,
     RecordingRecorder,
     chat_body,
+    chat_response,
 )
 
 CHAT = "/v1/chat/completions"
@@ -493,3 +494,32 @@ async def test_with_allowed_domains_media_from_any_other_host_is_refused(backend
     async with await _remote_gateway(backend, allowed_remote_domains=["img.example.com"]) as c:
         response = await c.post(CHAT, json=_image_at("http://93.184.216.34/cat.png"))
     assert "not allowed on this server" in assert_openai_error(response, 400)["message"]
+
+
+# --- a replica lost before its first item ----------------------------------------------------
+
+
+async def test_a_replica_lost_before_the_first_item_is_retried_once(client, backend):
+    from ray.exceptions import ActorDiedError
+
+    answers = iter([[ActorDiedError()], None])
+    backend.script = lambda req: next(answers) or [chat_response(req.model)]
+    response = await client.post(CHAT, json=chat_body())
+    assert response.status_code == 200
+    assert len(backend.calls) == 2
+    assert backend.streams[0].cancelled
+
+
+async def test_a_replica_lost_twice_is_a_500_without_internals(client, backend):
+    from ray.exceptions import ActorDiedError
+
+    backend.script = lambda req: [ActorDiedError()]
+    error = assert_openai_error(await client.post(CHAT, json=chat_body()), 500, "engine_error")
+    assert "Actor" not in error["message"]
+    assert len(backend.calls) == 2
+
+
+async def test_an_engine_error_is_not_retried(client, backend):
+    backend.script = lambda req: [RuntimeError("bad request shape")]
+    assert_openai_error(await client.post(CHAT, json=chat_body()), 500, "engine_error")
+    assert len(backend.calls) == 1

@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
-	bench-routing bench-autoscale loadtest-smoke clean
+	bench-routing bench-autoscale loadtest-smoke reliability clean
 
 install: $(STAMP)
 
@@ -59,6 +59,12 @@ test-unit: $(STAMP) system-deps
 
 test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The long reliability runs: more fuzzed bodies against the gateway and a real stack (the
+# quick parts of the same tests run in `make test`).
+reliability: $(STAMP) system-deps build-tiny
+	RELIABILITY_FUZZ_CASES=2000 RELIABILITY_STACK_FUZZ_CASES=500 $(BIN)/python -m pytest \
+	  tests/reliability tests/integration/test_fuzz.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check service tests benchmarks deploy loadtests

@@ -16,8 +16,29 @@ from typing import Any
 from service.errors import InvalidRequest
 from service.settings import BoundsSettings
 
+# Container fields the protocol models' own validators read before checking their types: a
+# wrong type here is refused by name instead of tripping them.
+_OBJECTS = ("structured_outputs", "response_format", "stream_options", "logit_bias")
+_LISTS_OF_OBJECTS = ("messages", "tools")
+
+
+def check_shapes(body: dict[str, Any]) -> None:
+    for key in _OBJECTS:
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise InvalidRequest(f"{key} must be an object", param=key)
+    for key in _LISTS_OF_OBJECTS:
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, list):
+            raise InvalidRequest(f"{key} must be an array of objects", param=key)
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise InvalidRequest(f"{key}[{i}] must be an object", param=f"{key}[{i}]")
+
 
 def check_bounds(body: dict[str, Any], bounds: BoundsSettings) -> None:
+    check_shapes(body)
     n = body.get("n")
     if isinstance(n, int) and not isinstance(n, bool) and n > bounds.max_n:
         raise InvalidRequest(f"n is {n}; at most {bounds.max_n} choices are allowed", param="n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -13,6 +14,7 @@ from vllm.exceptions import VLLMValidationError
 from service.errors import InvalidRequest, MalformedJSON, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 # Parsing a body this large takes long enough (about 1 s for 8 MB) to stall every other
 # request on the event loop, and with them the limiter's Redis calls: it runs in a thread.
@@ -66,6 +68,12 @@ def parse_as(model: type[M], data: dict[str, Any]) -> M:
         raise InvalidRequest(f"invalid {where}: {exc.args[0]}", param=exc.parameter) from None
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
+    except (TypeError, AttributeError, KeyError, IndexError) as exc:
+        # vLLM's "before" validators read fields before pydantic checked their types.
+        log.info("a body broke a protocol validator: %r", exc)
+        raise InvalidRequest(
+            "the request does not match the API schema: a field has the wrong type"
+        ) from None
     except ValidationError as exc:
         first = exc.errors()[0]
         field = _field_path(first["loc"])

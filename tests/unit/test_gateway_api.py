@@ -523,3 +523,18 @@ async def test_an_engine_error_is_not_retried(client, backend):
     backend.script = lambda req: [RuntimeError("bad request shape")]
     assert_openai_error(await client.post(CHAT, json=chat_body()), 500, "engine_error")
     assert len(backend.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        (CHAT, {"model": "gemma-4", "messages": False}, "messages"),
+        (CHAT, {"model": "gemma-4", "messages": [["hi"]]}, "messages[0]"),
+        ("/v1/completions", {"model": "gemma-4", "prompt": "x", "structured_outputs": []},
+         "structured_outputs"),
+    ],
+)  # fmt: skip
+async def test_wrong_typed_containers_are_400_naming_them(client, backend, path, body, param):
+    # vLLM's own "before" validators would crash on these (found by tests/reliability).
+    error = assert_openai_error(await client.post(path, json=body), 400)
+    assert error["param"] == param

@@ -32,7 +32,7 @@ from service.errors import (
 )
 from service.gateway.bounds import check_bounds
 from service.gateway.dispatch import PoolBackend, call_pool
-from service.gateway.models import ModelDirectory
+from service.gateway.models import ModelDirectory, anyone
 from service.gateway.multimodal import (
     MediaLimits,
     MediaSummary,
@@ -108,7 +108,9 @@ def create_app(
         if access is not None and access.audit is not None and access.audit.include_content:
             ctx.prompt = _prompt_text(body)
         if not directory.is_alias(body.model):
-            directory.pool_id(body.model)  # an unknown model is 404 before it is 403
+            # An unknown model is 404 before it is 403; the 404 lists what the caller may use.
+            tenant = ctx.principal.tenant if ctx.principal is not None else None
+            directory.pool_id(body.model, tenant.may_use if tenant is not None else anyone)
         default_cap = access.check_request(ctx.principal, body) if access else None
         media = None
         if isinstance(body, ChatCompletionRequest):
@@ -207,8 +209,9 @@ def create_app(
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request) -> dict[str, Any]:
-        if not visible(request)(model):
-            raise directory.not_found(model)
+        may_use = visible(request)
+        if not may_use(model):
+            raise directory.not_found(model, may_use)
         return directory.card(model)
 
     @app.get("/admin/usage")

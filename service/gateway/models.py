@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from service import catalog
 from service.errors import ModelNotFound
 from service.settings import Settings
+
+
+def anyone(model: str) -> bool:
+    """Every model is visible (no access control, or an admin)."""
+    return True
 
 
 class ModelDirectory:
@@ -23,11 +29,11 @@ class ModelDirectory:
     def is_alias(self, model: str | None) -> bool:
         return model in self._aliases
 
-    def pool_id(self, model: str | None) -> str:
+    def pool_id(self, model: str | None, may_use: Callable[[str], bool] = anyone) -> str:
         """The pool a concrete model id pins (aliases are routed, not looked up here)."""
         if model in self._pools:
             return model
-        raise self.not_found(model)
+        raise self.not_found(model, may_use)
 
     def card(self, model: str) -> dict[str, Any]:
         for card in self.cards():
@@ -35,9 +41,13 @@ class ModelDirectory:
                 return card
         raise self.not_found(model)
 
-    def not_found(self, model: str | None) -> ModelNotFound:
+    def not_found(
+        self, model: str | None, may_use: Callable[[str], bool] = anyone
+    ) -> ModelNotFound:
+        """Lists only the models the caller may use: the others are not its business."""
+        available = [m for m in self.ids if may_use(m)]
         return ModelNotFound(
-            f"the model '{model}' does not exist; available models: {', '.join(self.ids)}",
+            f"the model '{model}' does not exist; available models: {', '.join(available)}",
             param="model",
         )
 

@@ -363,3 +363,10 @@ async def test_a_request_that_failed_before_any_output_costs_no_tokens(keys_path
     await asyncio.sleep(0)  # refunded in the background
     gateway.backend.script = None
     assert (await gateway.chat(key, max_tokens=60)).status_code == 200
+
+
+async def test_a_404_lists_only_the_models_the_tenant_may_use(gateway, team_key):
+    async with gateway.client(team_key) as c:
+        error = error_of(await c.post(CHAT, json=chat_body("gpt-4")), 404)
+    assert error["message"].endswith("available models: gemma-4-26b-a4b-it, gemma-4")
+    assert DENSE not in error["message"]

@@ -13,6 +13,7 @@ that dies holding slots gives them back when their leases expire.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -469,6 +470,7 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
+        self._releases: set[asyncio.Task] = set()
 
     def keys(self, tenant: str) -> list[str]:
         """The requests hash, tokens hash and concurrency set; {tenant} is a Cluster hash tag."""
@@ -503,6 +505,10 @@ class RedisRateLimiter:
         try:
             reply = await self._admit(keys=self.keys(tenant), args=args)
         except (RedisError, OSError) as error:
+            if slot is not None:
+                # The script may have run and taken the slot before the reply was lost: free
+                # it now rather than at its lease's end. (Its token charge, if any, stands.)
+                self._release_later(self.keys(tenant)[2], slot)
             raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
         ok, now_s, second, requests, tokens, full = reply
         now, second = float(now_s), int(second)
@@ -539,6 +545,17 @@ class RedisRateLimiter:
             await self._settle(keys=[tokens, concurrency], args=args)
         except (RedisError, OSError) as error:
             raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
+
+    def _release_later(self, concurrency_key: str, slot: str) -> None:
+        async def release() -> None:
+            try:
+                await self._client.zrem(concurrency_key, slot)
+            except (RedisError, OSError):
+                pass  # still down: the slot's lease expires on its own
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -485,3 +485,25 @@ async def test_a_tenant_without_limits_never_waits_on_redis():
     assert admission.admitted
     await limiter.settle(admission.lease, actual_tokens=5, now=T0)
     await limiter.aclose()
+
+
+async def test_a_reply_lost_after_the_script_took_a_slot_frees_it_at_once(redis_url):
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    limiter = RedisRateLimiter(
+        redis_client(redis_url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix=f"t-{uuid.uuid4().hex}:"
+    )
+    script = limiter._admit
+
+    async def charged_then_lost(**kwargs):
+        await script(**kwargs)  # the script runs on Redis and takes the slot...
+        raise RedisTimeoutError("Timeout reading from socket")  # ...and the reply is lost
+
+    limits = Limits(max_concurrent_requests=1)
+    limiter._admit = charged_then_lost
+    with pytest.raises(LimiterUnavailable):
+        await admit(limiter, limits, None)
+    limiter._admit = script
+    await asyncio.sleep(0.2)  # the release runs in the background
+    assert (await admit(limiter, limits, None)).admitted
+    await limiter.aclose()

@@ -110,10 +110,14 @@ def start_vllm(checkpoint: Path, port: int, env: dict[str, str]) -> subprocess.P
 
 def stack_config(interval_ms: float, cpu_binds: str) -> str:
     """Both embedded pools; `cpu_binds` is `MOE:DENSE` or `default`."""
-    binds = dict(zip(("moe", "dense"), cpu_binds.split(":"), strict=True))
+    binds = (
+        {}
+        if cpu_binds == "default"
+        else dict(zip(("moe", "dense"), cpu_binds.split(":"), strict=True))
+    )
     lines = ["pools:"]
     for pool_id, variant in ((MOE_POOL_ID, "moe"), (POOL_ID, "dense")):
-        bind = f", cpu_threads_bind: '{binds[variant]}'" if cpu_binds != "default" else ""
+        bind = f", cpu_threads_bind: '{binds[variant]}'" if binds else ""
         lines.append(
             f"  - {{id: {pool_id}, checkpoint: 'tiny:{variant}', device: cpu,"
             f" max_model_len: {MAX_MODEL_LEN}, stream_batching_interval_ms: {interval_ms}{bind}}}"

@@ -126,7 +126,7 @@ def create_app(
                      "gemma.request.model": body.model}
                 )  # fmt: skip
         telemetry.routed(decision.pool_id, decision.reason)
-        telemetry.prompt_estimate = features.prompt_tokens
+        telemetry.prompt_estimate = features.billed_prompt_tokens
         ctx.route_reason = decision.reason
         pool = settings.pool(decision.pool_id)
         # What the request would be refused for anyway comes before any refusal for load.

@@ -4,7 +4,8 @@ protocol models parse it.
 Each of these reaches a loop that runs per token or per request on the engine (stop strings,
 logit biases, grammar compilation) or multiplies its cost (`n`, batched prompts); unbounded,
 one request can stall every other on its replica. A request over a bound gets a 400 naming the
-field and the bound. Fields of the wrong type are left to the protocol models' own errors.
+field and the bound. Containers the protocol models' own validators read before checking their
+types are checked for shape here too; other wrong types are left to the models' errors.
 """
 
 from __future__ import annotations

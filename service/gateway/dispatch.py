@@ -85,7 +85,8 @@ async def call_pool(
                 responses.cancel()
         telemetry.answered()
         item = first[0] if isinstance(first, list) and first else first
-        _raise_if_error(item, request_id)
+        if (error := _engine_error(item, request_id)) is not None:
+            raise error
     except BaseException as exc:
         if responses is not None:
             responses.cancel()
@@ -185,12 +186,6 @@ class _PoolStream(StreamingResponse):
         finally:
             # Cancelling a finished pool request is a no-op; after a disconnect it aborts it.
             self._on_close()
-
-
-def _raise_if_error(item: Any, request_id: str) -> None:
-    error = getattr(item, "error", None)
-    if error is not None and hasattr(error, "message"):
-        raise from_engine_error(int(error.code), error.message, error.param, request_id)
 
 
 def _as_service_error(exc: BaseException, timeout_s: float, request_id: str) -> BaseException:

@@ -36,10 +36,13 @@ class RequestFeatures:
         return self.prompt_tokens + self.max_tokens
 
     @property
+    def billed_prompt_tokens(self) -> int:
+        return self.prompt_tokens if self.all_prompt_tokens is None else self.all_prompt_tokens
+
+    @property
     def billed_tokens(self) -> int:
         """What the whole request may cost: every prompt, and every choice's output."""
-        prompts = self.prompt_tokens if self.all_prompt_tokens is None else self.all_prompt_tokens
-        return prompts + self.sequences * self.max_tokens
+        return self.billed_prompt_tokens + self.sequences * self.max_tokens
 
 
 def estimate_text_tokens(text: str, bytes_per_token: float) -> int:

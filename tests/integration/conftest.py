@@ -16,9 +16,9 @@ from service.tinymodels import build_tiny_checkpoints
 from tests.integration.observability import (
     Prometheus,
     TraceReceiver,
-    free_port,
     prometheus_available,
 )
+from tests.ports import free_port
 
 MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
 REQUEST_TIMEOUT_S = 120.0

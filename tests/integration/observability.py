@@ -4,7 +4,6 @@ Prometheus (Debian's `prometheus` package) scraping the stack's metrics port."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -16,14 +15,10 @@ from pathlib import Path
 import httpx
 import yaml
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "observability" / "prometheus" / "rules.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 EXPORT_WAIT_S = 45  # Ray exports application metrics every few seconds

@@ -14,7 +14,8 @@ from service.cli import start_service, stop_service
 from service.settings import Settings
 from service.tinymodels import build_tiny_checkpoints
 from tests.integration.conftest import DENSE
-from tests.integration.observability import free_port, wait_for
+from tests.integration.observability import wait_for
+from tests.ports import free_port
 from tests.unit.redis_server import redis_server
 
 RPM = 60

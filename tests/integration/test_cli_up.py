@@ -17,7 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.integration.observability import free_port, wait_for
+from tests.integration.observability import wait_for
+from tests.ports import free_port
 
 READY_TIMEOUT_S = 300
 DEADLINE_S = 3

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.access.limits import RedisOptions
+from tests.ports import free_port
 
 BINARY = "redis-server"
 # Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.
@@ -29,13 +30,6 @@ class RedisServerFailed(RuntimeError):
 
 def find_binary() -> str | None:
     return shutil.which(BINARY)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now (another process may take it later)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _answers_ping(port: int) -> bool:

@@ -23,7 +23,8 @@ from service.access.limits import (
     format_duration,
     redis_client,
 )
-from tests.unit.redis_server import PATIENT, free_port
+from tests.ports import free_port
+from tests.unit.redis_server import PATIENT
 
 T0 = 1_000_000.0  # a whole second, so bucket arithmetic in the tests is easy to follow
 LEASE_TTL_S = 30.0

@@ -16,7 +16,8 @@ from service.access.usage import (
     UsageUnavailable,
     build_usage_store,
 )
-from tests.unit.redis_server import PATIENT, free_port
+from tests.ports import free_port
+from tests.unit.redis_server import PATIENT
 
 T0 = 1_000_020.0  # on a minute boundary (16667 * 60)
 HOUR_S = 3600

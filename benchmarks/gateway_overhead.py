@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from service.local_ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL_ID = "gemma-4-31b-it"
@@ -40,12 +41,6 @@ class Figures:
     ttft_p50_ms: float
     ttft_p95_ms: float
     requests_per_s: float
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_model() -> str:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import socket
 from pathlib import Path
 
 from loadtests import runner
@@ -21,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from service.cli import start_service, stop_service
+    from service.local_ports import free_port
     from service.settings import load_settings
     from service.tinymodels import build_tiny_checkpoints
 
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     # Free ports: a developer's `make run` may hold 8000 and 8080.
     settings = base.model_copy(
         update={
-            "server": base.server.model_copy(update={"port": _free_port()}),
-            "telemetry": base.telemetry.model_copy(update={"metrics_port": _free_port()}),
+            "server": base.server.model_copy(update={"port": free_port()}),
+            "telemetry": base.telemetry.model_copy(update={"metrics_port": free_port()}),
         }
     )
     build_tiny_checkpoints(settings.resolved_cache_dir)
@@ -46,12 +46,6 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     finally:
         stop_service()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

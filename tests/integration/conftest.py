@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from service import catalog
 from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX
 from service.cli import start_service, stop_service
+from service.local_ports import free_port
 from service.settings import Settings, TelemetrySettings, load_settings
 from service.tinymodels import build_tiny_checkpoints
 from tests.integration.observability import (
@@ -18,7 +19,6 @@ from tests.integration.observability import (
     TraceReceiver,
     prometheus_available,
 )
-from tests.ports import free_port
 
 MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
 REQUEST_TIMEOUT_S = 120.0

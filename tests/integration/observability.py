@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.ports import free_port
+from service.local_ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "observability" / "prometheus" / "rules.yaml"

@@ -11,11 +11,11 @@ import pytest
 
 from service.access.keys import create_key, revoke_key
 from service.cli import start_service, stop_service
+from service.local_ports import free_port
 from service.settings import Settings
 from service.tinymodels import build_tiny_checkpoints
 from tests.integration.conftest import DENSE
 from tests.integration.observability import wait_for
-from tests.ports import free_port
 from tests.unit.redis_server import redis_server
 
 RPM = 60

@@ -10,11 +10,11 @@ import pytest
 
 from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX
 from service.cli import start_service, stop_service
+from service.local_ports import free_port
 from service.settings import Settings
 from service.tinymodels import build_tiny_checkpoints
 from tests.integration.conftest import DENSE
 from tests.integration.observability import series, wait_for
-from tests.ports import free_port
 
 REQUESTS = 20
 LOAD_CLIENTS = 6  # three times what two replicas are meant to hold (target 2 each)

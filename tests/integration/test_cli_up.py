@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
+from service.local_ports import free_port
 from tests.integration.observability import wait_for
-from tests.ports import free_port
 
 READY_TIMEOUT_S = 300
 DEADLINE_S = 3

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from service.access.limits import RedisOptions
-from tests.ports import free_port
+from service.local_ports import free_port
 
 BINARY = "redis-server"
 # Behaviour tests wait as long as a loaded CI machine needs; the outage tests use defaults.

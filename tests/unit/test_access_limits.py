@@ -23,7 +23,7 @@ from service.access.limits import (
     format_duration,
     redis_client,
 )
-from tests.ports import free_port
+from service.local_ports import free_port
 from tests.unit.redis_server import PATIENT
 
 T0 = 1_000_000.0  # a whole second, so bucket arithmetic in the tests is easy to follow

@@ -16,7 +16,7 @@ from service.access.usage import (
     UsageUnavailable,
     build_usage_store,
 )
-from tests.ports import free_port
+from service.local_ports import free_port
 from tests.unit.redis_server import PATIENT
 
 T0 = 1_000_020.0  # on a minute boundary (16667 * 60)

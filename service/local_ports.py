@@ -1,4 +1,4 @@
-"""Loopback ports for servers the tests start.
+"""Loopback ports for servers that tests, load tests and benchmarks start on one host.
 
 A port from `bind(0)` comes from the kernel's ephemeral range, the same range every outgoing
 connection draws from. Between picking it and the server binding it, Ray's start-up opens

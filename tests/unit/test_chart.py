@@ -529,6 +529,42 @@ def test_every_pod_and_container_runs_non_root_without_privileges(name):
         assert context["capabilities"] == {"drop": ["ALL"]}, where
         assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert not context.get("privileged"), where
+        assert context["readOnlyRootFilesystem"] is True, where
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_container_with_a_read_only_image_writes_to_a_tmp_volume(name):
+    docs = render(everything_on(name))
+    for owner, spec, _ in pod_specs(docs):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for container in spec["containers"]:
+            if container["name"] == "redis":
+                continue  # Redis writes only to /data
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            where = f"{owner}/{container['name']}"
+            assert "emptyDir" in volumes[mounts["/tmp"]], where
+            assert env_of(container)["HOME"].startswith("/tmp/"), where
+    autoscaler = ray_cluster(docs)["autoscalerOptions"]
+    assert "/tmp" in {m["mountPath"] for m in autoscaler["volumeMounts"]}
+
+
+def test_only_the_autoscaler_sidecar_holds_the_heads_service_account_token():
+    docs = render(profile("values-h100-fp8.yaml"))
+    cluster = ray_cluster(docs)
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["automountServiceAccountToken"] is False
+    token_dir = "/var/run/secrets/kubernetes.io/serviceaccount"
+    [mount] = [
+        m for m in cluster["autoscalerOptions"]["volumeMounts"] if m["mountPath"] == token_dir
+    ]
+    volume = next(v for v in head["volumes"] if v["name"] == mount["name"])
+    sources = volume["projected"]["sources"]
+    assert any("serviceAccountToken" in s for s in sources)
+    assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in sources)
+    for container in head["containers"]:
+        assert token_dir not in {m["mountPath"] for m in container.get("volumeMounts", [])}
+    for _, spec, _ in pod_specs(docs):
+        assert spec.get("automountServiceAccountToken") is False
 
 
 @pytest.mark.parametrize("name", PROFILES)
@@ -711,6 +747,64 @@ def test_redis_takes_connections_from_this_releases_ray_pods_only():
     assert not selects(peer["podSelector"], redis_pod)
     other_release = {**ray_pods[0], "app.kubernetes.io/instance": "other"}
     assert not selects(peer["podSelector"], other_release)
+
+
+def test_redis_url_with_a_password_in_the_args_is_refused():
+    values = merged(
+        profile("values-h100-fp8.yaml"),
+        {
+            "redis": {"enabled": False},
+            "config": {"access": {"redis_url": "rediss://app:s3cret@redis.example:6380/0"}},
+        },
+    )
+    assert "redis.externalUrlSecret" in render_error(values)
+
+
+def test_an_external_redis_url_reaches_every_ray_container_from_its_secret(monkeypatch):
+    values = merged(
+        profile("values-h100-fp8.yaml"),
+        {
+            "redis": {"enabled": False, "externalUrlSecret": {"name": "redis-creds"}},
+            "config": {"access": {"redis_url": None}},
+        },
+    )
+    docs = render(values)
+    assert "redis_url" not in app_args(docs)["access"]
+    assert not [d for d in docs if d["metadata"]["name"] == f"{RELEASE}-redis"]
+    for _, group in ray_groups(docs):
+        [container] = group["template"]["spec"]["containers"]
+        assert env_of(container)["GEMMA_SERVE_ACCESS__REDIS_URL"] == {
+            "secretKeyRef": {"name": "redis-creds", "key": "redis-url"}
+        }
+    monkeypatch.setenv("GEMMA_SERVE_ACCESS__REDIS_URL", "rediss://app:s3cret@redis.example:6380/0")
+    settings = Settings(**_without_nulls(app_args(docs)))
+    assert settings.access.redis_url == "rediss://app:s3cret@redis.example:6380/0"
+
+
+def test_an_external_redis_url_secret_beside_the_charts_redis_is_refused():
+    values = merged(
+        profile("values-h100-fp8.yaml"), {"redis": {"externalUrlSecret": {"name": "redis-creds"}}}
+    )
+    assert "set redis.enabled false" in render_error(values)
+
+
+def test_ray_pods_reach_each_other_dns_redis_and_no_link_local_address():
+    docs = render(profile("values-h100-fp8.yaml"))
+    policy = one(docs, "NetworkPolicy", f"{RELEASE}-ray-egress")
+    ray_pods = [g["template"]["metadata"]["labels"] for _, g in ray_groups(docs)]
+    assert all(selects(policy["spec"]["podSelector"], labels) for labels in ray_pods)
+    assert policy["spec"]["policyTypes"] == ["Egress"]
+    rules = policy["spec"]["egress"]
+    peers = [peer for rule in rules for peer in rule["to"]]
+    redis_pod = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert any(selects(p.get("podSelector", {}), redis_pod) for p in peers if "podSelector" in p)
+    assert any(selects(p["podSelector"], ray_pods[0]) for p in peers if set(p) == {"podSelector"})
+    dns = next(r for r in rules if any("namespaceSelector" in p for p in r["to"]))
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+    blocks = [p["ipBlock"] for p in peers if "ipBlock" in p]
+    assert blocks and all(
+        "169.254.0.0/16" in b.get("except", []) for b in blocks if b["cidr"] == "0.0.0.0/0"
+    )
 
 
 def test_ray_network_policy_opens_the_api_metrics_and_operator_ports():

@@ -146,10 +146,49 @@ runAsNonRoot: true
 runAsUser: {{ .Values.podSecurity.runAsUser | int }}
 runAsGroup: {{ .Values.podSecurity.runAsGroup | int }}
 allowPrivilegeEscalation: false
+readOnlyRootFilesystem: {{ .Values.podSecurity.readOnlyRootFilesystem }}
 capabilities:
   drop: [ALL]
 seccompProfile:
   type: RuntimeDefault
+{{- end }}
+
+{{/*
+The writable places of a container with a read-only image: /tmp (Ray's session files,
+Python's and vLLM's temporary files) and HOME under it (vLLM's, Triton's and FlashInfer's
+compile caches). Mount and environment, for every container the chart writes.
+*/}}
+{{- define "gemma-serve.tmpMount" -}}
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{- define "gemma-serve.tmpVolume" -}}
+- name: tmp
+  emptyDir: {}
+{{- end }}
+
+{{- define "gemma-serve.tmpEnv" -}}
+- name: HOME
+  value: /tmp/home
+{{- end }}
+
+{{/*
+The head's service-account token, mounted only into KubeRay's autoscaler sidecar (which scales
+the worker groups through the Kubernetes API): the head pod sets automountServiceAccountToken
+false, so the Ray processes and every replica on the head never see it.
+*/}}
+{{- define "gemma-serve.kubeApiAccessVolume" -}}
+- name: kube-api-access
+  projected:
+    defaultMode: 0444
+    sources:
+      - serviceAccountToken: {path: token, expirationSeconds: 3607}
+      - configMap:
+          name: kube-root-ca.crt
+          items: [{key: ca.crt, path: ca.crt}]
+      - downwardAPI:
+          items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]
 {{- end }}
 
 {{/* Ray pods ---------------------------------------------------------------------------- */}}
@@ -161,6 +200,15 @@ seccompProfile:
   value: {{ include "gemma-serve.nodeDrainSeconds" $root | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+{{ include "gemma-serve.tmpEnv" $root }}
+{{- with $root.Values.redis.externalUrlSecret.name }}
+# access.redis_url, from the Secret: the environment overrides the application's args.
+- name: GEMMA_SERVE_ACCESS__REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $root.Values.redis.externalUrlSecret.key }}
+{{- end }}
 {{- if .cache }}
 - name: HF_HOME
   value: {{ printf "%s/huggingface" $root.Values.modelCache.mountPath | quote }}
@@ -182,6 +230,7 @@ seccompProfile:
 
 {{/* Volume mounts of every Ray container. Call with (dict "root" $ "cache" bool). */}}
 {{- define "gemma-serve.rayVolumeMounts" -}}
+{{ include "gemma-serve.tmpMount" .root }}
 {{- if include "gemma-serve.keysSecretName" .root }}
 # The directory, not a subPath: the kubelet updates it in place when the Secret changes.
 - name: api-keys
@@ -196,6 +245,7 @@ seccompProfile:
 
 {{- define "gemma-serve.rayVolumes" -}}
 {{- $root := .root }}
+{{ include "gemma-serve.tmpVolume" $root }}
 {{- with include "gemma-serve.keysSecretName" $root }}
 - name: api-keys
   secret:
@@ -236,6 +286,17 @@ seccompProfile:
 {{- end }}
 {{- if ne $access.keys_file $keysFile }}
 {{- fail (printf "config.access.keys_file is %s, but the keys Secret is mounted at %s: use that path" $access.keys_file $keysFile) }}
+{{- end }}
+{{- end }}
+{{- if regexMatch "^[a-z]+://[^/@]*:[^/@]*@" ($access.redis_url | default "") }}
+{{- fail "config.access.redis_url holds a password, which would be stored in the RayService for anyone who may read it: put the URL in a Secret and set redis.externalUrlSecret.name" }}
+{{- end }}
+{{- if .Values.redis.externalUrlSecret.name }}
+{{- if .Values.redis.enabled }}
+{{- fail "redis.externalUrlSecret names your own Redis: set redis.enabled false (the chart's Redis needs no URL Secret)" }}
+{{- end }}
+{{- if $access.redis_url }}
+{{- fail "config.access.redis_url and redis.externalUrlSecret both set the Redis URL: keep only the Secret" }}
 {{- end }}
 {{- end }}
 {{- if .Values.redis.enabled }}

@@ -13,6 +13,9 @@ from pathlib import Path
 
 _RAY_WORKER_PORTS_END = 19999
 _FALLBACK_EPHEMERAL_START = 32768
+# Ports already given out in this process: a test picks several before it binds any, and a
+# random pick could repeat one.
+_handed_out: set[int] = set()
 
 
 def _ephemeral_start() -> int:
@@ -39,6 +42,7 @@ def free_port() -> int:
             probe.bind(("127.0.0.1", 0))
             return probe.getsockname()[1]
     for port in random.sample(range(low, high + 1), 200):
-        if _bindable(port):
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
             return port
     raise RuntimeError(f"no free loopback port in {low}-{high}")

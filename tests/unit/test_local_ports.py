@@ -11,3 +11,8 @@ def test_free_port_is_outside_the_ephemeral_range_and_ray_worker_ports():
 def test_free_port_is_bindable():
     with socket.socket() as s:
         s.bind(("127.0.0.1", free_port()))
+
+
+def test_free_port_never_repeats_a_port_it_gave_out():
+    ports = [free_port() for _ in range(500)]
+    assert len(set(ports)) == len(ports)

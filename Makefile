@@ -36,11 +36,18 @@ system-deps:
 	    exit 1; \
 	  fi; }
 
-# Rebuilt whenever the lock or the package metadata changes.
+# Rebuilt whenever the lock or the package metadata changes. uv installs the lock in ~10 s where
+# pip takes ~160 s (2 cores); pip stays as the fallback, e.g. where uv cannot reach the index.
+# uv does not read pip's configuration, so a local wheel folder pip knows is passed on. Bytecode
+# is compiled here (~40 s): left to the first stack, four processes compile it at once (~50 s).
+UV_VERSION := 0.13.9
+UV_FIND_LINKS := $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 $(STAMP): requirements/cpu.lock pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --no-deps -r requirements/cpu.lock
+	$(BIN)/pip install --quiet uv==$(UV_VERSION) && $(BIN)/uv pip install --quiet \
+	    --python $(BIN)/python --no-deps --compile-bytecode $(UV_FIND_LINKS) -r requirements/cpu.lock \
+	  || $(BIN)/pip install --quiet --no-deps -r requirements/cpu.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -c "import vllm, ray.serve.llm, service.cli" >/dev/null
 	touch $(STAMP)

@@ -215,6 +215,12 @@ class RoutingSettings(Strict):
     tier_header: str = Field("x-gemma-tier", description="request header naming a tier")
     max_ongoing_per_replica: int = Field(48, ge=1)
     max_queued_per_replica: int = Field(8, ge=0)
+    max_queue_wait_s: float | None = Field(
+        20.0,
+        gt=0,
+        description="past the counts above, shed only a request whose predicted wait (what is "
+        "ahead / the pool's drain rate) exceeds this; unset: shed on the counts",
+    )
     max_kv_usage: float = Field(0.95, gt=0, le=1)
     stats_max_age_s: float = Field(10.0, gt=0)
     stats_interval_s: float = Field(1.0, gt=0, description="how often engine stats are read")

@@ -159,8 +159,11 @@ class AccessControl:
             fail = self._settings.on_store_error
             log.error("rate-limit store unavailable (on_store_error=%s): %s", fail, exc)
             if fail == "closed":
+                if exc.pending is not None:  # refused: undo whatever the lost reply charged
+                    self._spawn(self._limiter.settle(exc.pending, 0))
                 raise ServiceUnavailable("rate limits cannot be checked; retry shortly") from None
-            return None
+            # Served unlimited; its pending lease is settled with what it used, like any other.
+            return None if exc.pending is None else Admission(True, None, 0, {}, exc.pending)
         if not admission.admitted:
             raise RateLimited(
                 f"rate limit reached for tenant '{tenant.id}' on {admission.limited_by}; "
@@ -174,11 +177,14 @@ class AccessControl:
     def _release_abandoned(self, charge: asyncio.Future) -> None:
         """The admission of a request whose client left while it was decided: nothing was
         served, so its slot is freed and its token estimate refunded."""
-        if charge.cancelled() or charge.exception() is not None:
+        if charge.cancelled():
             return
-        admission = charge.result()
-        if admission.admitted and admission.lease is not None:
-            self._spawn(self._limiter.settle(admission.lease, 0))
+        error = charge.exception()
+        if isinstance(error, LimiterUnavailable) and error.pending is not None:
+            self._spawn(self._limiter.settle(error.pending, 0))
+            return
+        if error is None and charge.result().lease is not None:
+            self._spawn(self._limiter.settle(charge.result().lease, 0))
 
     def finish(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         """Runs when the request ends (from a sync close): the store calls go in the background."""
@@ -254,6 +260,9 @@ def scaled(thresholds: Thresholds, share: float) -> Thresholds:
         thresholds,
         max_ongoing_per_replica=max(1, int(thresholds.max_ongoing_per_replica * share)),
         max_queued_per_replica=int(thresholds.max_queued_per_replica * share),
+        max_queue_wait_s=(
+            None if thresholds.max_queue_wait_s is None else thresholds.max_queue_wait_s * share
+        ),
     )
 
 

@@ -9,11 +9,15 @@ charges any, so a refusal costs the tenant nothing. Tokens are charged at admiss
 estimate (prompt estimate + max_tokens) and corrected to the real usage when the lease is
 settled. A concurrency slot is a member of a sorted set scored by its lease's expiry: a replica
 that dies holding slots gives them back when their leases expire.
+
+A Redis reply can be lost after the script has charged (a timeout). Each admission the script
+grants therefore leaves a record under a random id, naming the bucket it charged; the caller gets
+a pending lease with that id, and settling it reads the record, so the charge is corrected (or
+refunded) exactly as if the reply had arrived. No record means the script never charged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import secrets
@@ -43,7 +47,14 @@ LimitedBy = Literal["requests", "tokens", "concurrency"]
 
 
 class LimiterUnavailable(Exception):
-    """The shared counters cannot be reached; the caller chooses to fail open or closed."""
+    """The shared counters cannot be reached; the caller chooses to fail open or closed.
+
+    `pending` is the lease of an admission whose reply was lost: it may have been charged, so
+    the caller settles it like any lease (with what was served, 0 when refused)."""
+
+    def __init__(self, message: str, pending: Lease | None = None):
+        super().__init__(message)
+        self.pending = pending
 
 
 @dataclass(frozen=True)
@@ -77,10 +88,11 @@ class Lease:
 
     tenant: str
     request_id: str
-    second: int  # the bucket the request was charged to
+    second: int | None  # the bucket the request was charged to; None: read from the record
     estimated_tokens: int
     charged_tokens: bool  # False when the tenant has no token limit: nothing to correct
     slot: str | None  # the concurrency set member, None when no concurrency limit
+    record: str | None = None  # the admission record's id (Redis only)
     settled: bool = field(default=False, init=False)
 
 
@@ -300,8 +312,9 @@ class MemoryRateLimiter:
             state.slots.pop(lease.slot, None)
         delta = _token_correction(lease, actual_tokens)
         second = math.floor(now)
-        if delta and in_window(second, lease.second) and lease.second in state.tokens:
-            state.tokens[lease.second] += delta
+        bucket = lease.second
+        if delta and bucket is not None and in_window(second, bucket) and bucket in state.tokens:
+            state.tokens[bucket] += delta
         elif delta > 0:  # the lease's bucket has left the window: charge the excess now
             state.tokens[second] = state.tokens.get(second, 0) + delta
 
@@ -323,7 +336,8 @@ def _token_correction(lease: Lease, actual_tokens: int | None) -> int:
 
 # --- Redis: any number of gateway replicas --------------------------------------------------------
 
-# KEYS: requests hash, tokens hash, concurrency zset (one tenant: one Cluster hash slot).
+# KEYS: requests hash, tokens hash, concurrency zset, admission record (one tenant: one Cluster
+#       hash slot).
 # ARGV: now ("" = Redis's clock), requests limit, tokens limit, token cost, concurrency limit
 #       (0 = no such limit), slot member, lease TTL, bucket TTL, window.
 # Returns: admitted (0/1), now (string: Lua numbers come back as integers), second,
@@ -397,12 +411,14 @@ if admitted then
     redis.call('ZADD', KEYS[3], now + lease_ttl, ARGV[6])
     redis.call('EXPIRE', KEYS[3], math.ceil(lease_ttl) + 1)
   end
+  if tok_limit > 0 or conc_limit > 0 then redis.call('SET', KEYS[4], second, 'EX', bucket_ttl) end
 end
 return {admitted and 1 or 0, tostring(now), second, req_live, tok_live, full}
 """
 
-# KEYS: tokens hash, concurrency zset. ARGV: now ("" = Redis's clock), the lease's second,
-# token correction, slot member ("" = none), window.
+# KEYS: tokens hash, concurrency zset, admission record. ARGV: now ("" = Redis's clock), the
+# lease's second ("" = the record's), token correction, slot member ("" = none), window.
+# A pending lease without a record was never charged: nothing to correct.
 _SETTLE = """
 if redis.replicate_commands then redis.replicate_commands() end
 local now = tonumber(ARGV[1])
@@ -411,10 +427,17 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
+local lease_second = tonumber(ARGV[2])
+local recorded = redis.call('GET', KEYS[3])
+if recorded then redis.call('DEL', KEYS[3]) end
+if not lease_second then
+  if not recorded then return 0 end
+  lease_second = tonumber(recorded)
+end
 local delta = tonumber(ARGV[3])
 local second = math.floor(now)
-if delta ~= 0 and tonumber(ARGV[2]) > second - tonumber(ARGV[5]) then
-  redis.call('HINCRBY', KEYS[1], ARGV[2], delta)
+if delta ~= 0 and lease_second > second - tonumber(ARGV[5]) then
+  redis.call('HINCRBY', KEYS[1], lease_second, delta)
 elseif delta > 0 then
   -- The lease's bucket has left the window (a request longer than a minute): what it used
   -- beyond its estimate is charged now. A refund there would limit no one.
@@ -470,12 +493,14 @@ class RedisRateLimiter:
         self._prefix = prefix
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
-        self._releases: set[asyncio.Task] = set()
 
     def keys(self, tenant: str) -> list[str]:
         """The requests hash, tokens hash and concurrency set; {tenant} is a Cluster hash tag."""
         base = f"{self._prefix}rl:{{{tenant}}}"
         return [f"{base}:req", f"{base}:tok", f"{base}:conc"]
+
+    def record_key(self, tenant: str, record: str) -> str:
+        return f"{self._prefix}rl:{{{tenant}}}:adm:{record}"
 
     async def admit(
         self,
@@ -491,6 +516,7 @@ class RedisRateLimiter:
             now = time.time() if now is None else now
             return _unlimited(tenant, request_id, estimated_tokens, now)
         slot = _slot_member(request_id) if limits.max_concurrent_requests is not None else None
+        record = secrets.token_hex(8)
         args = [
             "" if now is None else repr(now),
             limits.requests_per_minute or 0,
@@ -502,14 +528,15 @@ class RedisRateLimiter:
             BUCKET_TTL_S,
             WINDOW_S,
         ]
+        keys = [*self.keys(tenant), self.record_key(tenant, record)]
         try:
-            reply = await self._admit(keys=self.keys(tenant), args=args)
+            reply = await self._admit(keys=keys, args=args)
         except (RedisError, OSError) as error:
-            if slot is not None:
-                # The script may have run and taken the slot before the reply was lost: free
-                # it now rather than at its lease's end. (Its token charge, if any, stands.)
-                self._release_later(self.keys(tenant)[2], slot)
-            raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
+            tpm = limits.tokens_per_minute is not None
+            pending = Lease(tenant, request_id, None, estimated_tokens, tpm, slot, record)
+            raise LimiterUnavailable(
+                f"rate limit store unavailable: {error!r}", pending=pending
+            ) from error
         ok, now_s, second, requests, tokens, full = reply
         now, second = float(now_s), int(second)
         checks: dict[Window, WindowCheck] = {}
@@ -526,7 +553,8 @@ class RedisRateLimiter:
             log.error("rate limit script and window check disagree for tenant %s", tenant)
         if not ok:
             return Admission(False, limited_by or "requests", max(1, retry_after_s), headers, None)
-        lease = Lease(tenant, request_id, second, estimated_tokens, "tokens" in checks, slot)
+        charged = "tokens" in checks
+        lease = Lease(tenant, request_id, second, estimated_tokens, charged, slot, record)
         return Admission(True, None, 0, headers, lease)
 
     async def settle(
@@ -537,25 +565,16 @@ class RedisRateLimiter:
         # Marked before the call: a failed settle is not retried (the slot's lease expires).
         lease.settled = True
         delta = _token_correction(lease, actual_tokens)
-        if lease.slot is None and delta == 0:
-            return
+        if lease.second is not None and lease.slot is None and not delta:
+            return  # nothing to correct; an unread record expires with the window
         tokens, concurrency = self.keys(lease.tenant)[1:]
-        args = ["" if now is None else repr(now), lease.second, delta, lease.slot or "", WINDOW_S]
+        record = self.record_key(lease.tenant, lease.record or "")
+        second = "" if lease.second is None else lease.second
+        args = ["" if now is None else repr(now), second, delta, lease.slot or "", WINDOW_S]
         try:
-            await self._settle(keys=[tokens, concurrency], args=args)
+            await self._settle(keys=[tokens, concurrency, record], args=args)
         except (RedisError, OSError) as error:
             raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
-
-    def _release_later(self, concurrency_key: str, slot: str) -> None:
-        async def release() -> None:
-            try:
-                await self._client.zrem(concurrency_key, slot)
-            except (RedisError, OSError):
-                pass  # still down: the slot's lease expires on its own
-
-        task = asyncio.get_running_loop().create_task(release())
-        self._releases.add(task)
-        task.add_done_callback(self._releases.discard)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -44,7 +44,7 @@ from service.gateway.requests import parse_as, read_json_object
 from service.routing.features import RequestFeatures, chat_features, completion_features
 from service.routing.load import LoadTracker
 from service.routing.policy import Decision, PoolLoad
-from service.routing.setup import build_policy
+from service.routing.setup import build_load_tracker, build_policy
 from service.settings import Settings
 from service.telemetry.metrics import MetricsRecorder, NullRecorder
 from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
@@ -69,7 +69,7 @@ def create_app(
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
     directory = ModelDirectory(settings)
     policy = build_policy(settings)
-    loads = loads or LoadTracker([p.id for p in settings.pools], settings.routing.stats_max_age_s)
+    loads = loads or build_load_tracker(settings)
     recorder = recorder or NullRecorder()
     media_limits = MediaLimits(**settings.media.model_dump())
     routing = settings.routing

@@ -14,7 +14,8 @@ from ray.serve.handle import DeploymentHandle
 
 from service.access.gate import build_access
 from service.gateway.api import create_app
-from service.routing.load import EngineSample, LoadTracker
+from service.routing.load import EngineSample
+from service.routing.setup import build_load_tracker
 from service.settings import Settings
 from service.telemetry.metrics import RayMetricsRecorder
 from service.telemetry.tracing import build_tracer
@@ -45,7 +46,7 @@ class Gateway:
         self._backend = HandleBackend(pools)
         self._pools = pools
         self._deployment_names = {pool_id: h.deployment_name for pool_id, h in pools.items()}
-        self._loads = LoadTracker(list(pools), settings.routing.stats_max_age_s)
+        self._loads = build_load_tracker(settings)
         self._replicas: dict[str, int] = {}
         self._refreshed_at = 0.0
 

@@ -7,15 +7,66 @@
 - Engine: queue length and KV-cache usage sampled from one pool replica at a time; the pool's
   queue is that sample times its replicas (Serve spreads load evenly). Samples older than the
   staleness bound are dropped, so routing fails open.
+- Router queue: requests beyond the pool's `max_ongoing_requests` per replica wait at Serve's
+  router, in this gateway replica; they count as queued too.
+- Drain rate: the highest rate, per pool replica, at which this gateway replica has seen the
+  pool finish requests, over 5 s buckets in the last 10 minutes: its capacity as last seen
+  under load. The latest rate would under-read capacity whenever the offered load is lighter;
+  the peak predicts how fast a backlog drains. With several gateway replicas each sees its
+  share of both the backlog and the rate, so the ratio holds.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.routing.policy import PoolLoad
+
+DRAIN_BUCKET_S = 5.0
+DRAIN_MEMORY_S = 600.0
+# A bucket with fewer completions says little about capacity (an idle pool, a lone request).
+MIN_DRAINED = 3
+
+
+@dataclass
+class _Bucket:
+    index: float  # time // DRAIN_BUCKET_S
+    completions: int
+    replicas: int  # the most the pool had during the bucket
+
+
+class DrainMeter:
+    """Completions of one pool in time buckets, and the peak rate per replica among them."""
+
+    def __init__(self) -> None:
+        self._buckets: deque[_Bucket] = deque()
+
+    def finished(self, now: float, replicas: int) -> None:
+        index = now // DRAIN_BUCKET_S
+        if self._buckets and self._buckets[-1].index == index:
+            last = self._buckets[-1]
+            last.completions += 1
+            last.replicas = max(last.replicas, replicas)
+        else:
+            self._buckets.append(_Bucket(index, 1, replicas))
+        self._forget(now)
+
+    def rate_per_replica(self, now: float) -> float | None:
+        self._forget(now)
+        rates = [
+            b.completions / DRAIN_BUCKET_S / max(1, b.replicas)
+            for b in self._buckets
+            if b.completions >= MIN_DRAINED
+        ]
+        return max(rates, default=None)
+
+    def _forget(self, now: float) -> None:
+        oldest = (now - DRAIN_MEMORY_S) // DRAIN_BUCKET_S
+        while self._buckets and self._buckets[0].index < oldest:
+            self._buckets.popleft()
 
 
 @dataclass(frozen=True)
@@ -26,11 +77,19 @@ class EngineSample:
 
 
 class LoadTracker:
-    def __init__(self, pool_ids: list[str], max_age_s: float = 10.0):
+    def __init__(
+        self,
+        pool_ids: list[str],
+        max_age_s: float = 10.0,
+        slots_per_replica: Mapping[str, int] | None = None,
+    ):
+        """`slots_per_replica`: each pool's max_ongoing_requests; unknown, no router queue."""
         self._ongoing = dict.fromkeys(pool_ids, 0)
+        self._slots = dict(slots_per_replica or {})
         self._replicas = dict.fromkeys(pool_ids, 1)
         self._replicas_at = time.monotonic()
         self._engine: dict[str, EngineSample] = {}
+        self._drained = {pool_id: DrainMeter() for pool_id in pool_ids}
         self._max_age_s = max_age_s
 
     def set_engine(self, pool_id: str, sample: EngineSample) -> None:
@@ -51,17 +110,22 @@ class LoadTracker:
             replicas = self._replicas[pool_id]
             sample = self._engine.get(pool_id)
             fresh = sample is not None and now - sample.at <= self._max_age_s
+            per_replica = self._drained[pool_id].rate_per_replica(now)
+            slots = self._slots.get(pool_id)
+            at_router = 0 if slots is None else max(0, ongoing - slots * replicas)
             loads[pool_id] = PoolLoad(
                 replicas=replicas,
                 ongoing=ongoing,
-                queued=sample.waiting * replicas if fresh else 0,
+                queued=(sample.waiting * replicas if fresh else 0) + at_router,
                 kv_usage=sample.kv_cache_usage if fresh else 0.0,
                 age_s=now - self._replicas_at,
+                drain_rate=None if per_replica is None else per_replica * max(1, replicas),
             )
         return loads
 
     def _finished(self, pool_id: str) -> None:
         self._ongoing[pool_id] -= 1
+        self._drained[pool_id].finished(time.monotonic(), self._replicas[pool_id])
 
 
 class Finish:

@@ -6,7 +6,8 @@
    use, structured output (and long prompts, when configured) prefer the dense pool; the rest
    the MoE pool.
 3. `spill_over`: take the first preferred pool that is not saturated; when all are, refuse
-   with 503 rather than queue without bound.
+   with 503 rather than queue without bound. Past its request counts a pool still takes work
+   while what is ahead drains within `max_queue_wait_s` at the rate it has shown it drains.
 
 A step that is left out of `routing.steps` passes its input through. Every decision carries
 the reason of the step that decided it (`x-route-reason`).
@@ -40,9 +41,18 @@ class PoolLoad:
 
     replicas: int
     ongoing: int  # requests sent to the pool and not finished (running + queued)
-    queued: int = 0
+    queued: int = 0  # waiting to start: in the engines' queues and at Serve's router
     kv_usage: float = 0.0
     age_s: float = 0.0
+    drain_rate: float | None = None  # requests/s the pool has shown it finishes; None: unknown
+
+    @property
+    def predicted_wait_s(self) -> float | None:
+        """How long a new request waits to start: with continuous batching a request starts
+        when one ahead of it in the queue has, and those start as running ones finish."""
+        if self.drain_rate is None:
+            return None
+        return self.queued / self.drain_rate
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class Thresholds:
     quality_tiers: frozenset[str] = frozenset({"quality"})
     max_ongoing_per_replica: int = 48
     max_queued_per_replica: int = 8
+    max_queue_wait_s: float | None = 20.0  # None: the counts alone decide
     max_kv_usage: float = 0.95
     stats_max_age_s: float = 10.0
     retry_after_s: int = 2
@@ -176,17 +187,27 @@ def spill_over(
 
 
 def is_saturated(load: PoolLoad | None, t: Thresholds) -> bool:
-    """Stale or missing figures never saturate a pool: routing fails open, not closed."""
+    """Stale or missing figures never saturate a pool: routing fails open, not closed.
+
+    The request counts are where shedding may begin, not where it must: a pool past them
+    still takes a request whose predicted wait is within `max_queue_wait_s`. A burst a pool
+    drains in seconds is queued, not refused; one it would take minutes over is refused at
+    once, with Retry-After, rather than timing out later."""
     if load is None or load.age_s > t.stats_max_age_s:
         return False
     if load.replicas == 0:
         return False  # scaled to zero: the request wakes it up
-    return (
+    if load.kv_usage >= t.max_kv_usage:
+        return True
+    past_counts = (
         load.ongoing >= t.max_ongoing_per_replica * load.replicas
         # Strict: a queue bound of 0 (or one scaled down to 0) means "no queue", not "full".
         or load.queued > t.max_queued_per_replica * load.replicas
-        or load.kv_usage >= t.max_kv_usage
     )
+    if not past_counts:
+        return False
+    wait = load.predicted_wait_s
+    return t.max_queue_wait_s is None or wait is None or wait > t.max_queue_wait_s
 
 
 STEPS: dict[StepName, Step] = {

@@ -1,8 +1,9 @@
-"""The routing policy, built once from settings."""
+"""The routing policy and the load tracker it reads, built once from settings."""
 
 from __future__ import annotations
 
 from service import catalog
+from service.routing.load import LoadTracker
 from service.routing.policy import PoolInfo, RoutingPolicy, Thresholds
 from service.settings import Settings
 
@@ -28,11 +29,25 @@ def build_policy(settings: Settings) -> RoutingPolicy:
         quality_tiers=frozenset(r.quality_tiers),
         max_ongoing_per_replica=r.max_ongoing_per_replica,
         max_queued_per_replica=r.max_queued_per_replica,
+        # A wait the request's own deadline would cut short is no wait to queue for.
+        max_queue_wait_s=(
+            None
+            if r.max_queue_wait_s is None
+            else min(r.max_queue_wait_s, settings.server.request_timeout_s)
+        ),
         max_kv_usage=r.max_kv_usage,
         stats_max_age_s=r.stats_max_age_s,
         retry_after_s=r.retry_after_s,
     )
     return RoutingPolicy(pools=pools, steps=tuple(r.steps), thresholds=thresholds)
+
+
+def build_load_tracker(settings: Settings) -> LoadTracker:
+    return LoadTracker(
+        [p.id for p in settings.pools],
+        settings.routing.stats_max_age_s,
+        slots_per_replica={p.id: p.max_ongoing_requests for p in settings.pools},
+    )
 
 
 def _first(pools: tuple[PoolInfo, ...], architecture: str) -> str:

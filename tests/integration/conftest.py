@@ -103,6 +103,8 @@ def stack(traces, metrics_port, prometheus):
                     "long_prompt_tokens": LONG_PROMPT_TOKENS,
                     "bytes_per_token": 2.0,
                     "max_ongoing_per_replica": MAX_ONGOING_PER_REPLICA,
+                    # The spill and shed tests hold pools with long streams: shed on counts.
+                    "max_queue_wait_s": None,
                 }
             ),
             "media": base.media.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES}),

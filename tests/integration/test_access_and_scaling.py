@@ -6,6 +6,7 @@ because a stack start is the most expensive step of the suite.
 Runs first among the integration modules (file order) and alone: the session stack starts after
 it."""
 
+import asyncio
 import json
 import threading
 import time
@@ -18,6 +19,7 @@ from service.access.keys import create_key, revoke_key
 from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX
 from service.cli import start_service, stop_service
 from service.local_ports import free_port
+from service.routing.load import DRAIN_BUCKET_S
 from service.settings import Settings
 from service.tinymodels import build_tiny_checkpoints
 from tests.integration.conftest import DENSE
@@ -29,6 +31,7 @@ RPM = 60
 # any span shorter than that must admit exactly RPM; 20 s keeps the test short.
 BURST, BURST_S = 120, 20
 REQUESTS = 20
+BURST_AT_ONCE = 150
 LOAD_CLIENTS = 6  # three times what two replicas are meant to hold (target 2 each)
 # A replica starting under load shares both cores with it: 115 s here, more on slower CI
 # machines; the timeout only bounds a hang.
@@ -250,3 +253,38 @@ def test_sustained_load_scales_a_pool_to_two_replicas_and_back_to_one(shared_sta
             client.join(timeout=120)
     assert not failures, failures[:3]
     wait_for(lambda: pool_replicas("RUNNING") == 1 == pool_replicas(), timeout_s=120, interval_s=2)
+
+
+def test_a_burst_past_the_counts_that_the_pool_drains_in_time_is_queued_not_refused(
+    shared_stack,
+):
+    """Each gateway replica calls the pool busy at 48 in flight; 150 at once is past that on
+    both. Having seen the pool drain short requests at its capacity, they predict the burst
+    starts within `max_queue_wait_s` (20 s) and queue it."""
+    s = shared_stack
+    headers = {"authorization": f"Bearer {s.team}"}
+    body = {"model": DENSE, "prompt": "hi", "max_tokens": 2}
+
+    async def send(http: httpx.AsyncClient) -> int:
+        return (await http.post("/v1/completions", json=body)).status_code
+
+    async def run() -> tuple[list[int], list[int]]:
+        async with httpx.AsyncClient(base_url=s.base, headers=headers, timeout=120) as http:
+            warm_until = time.monotonic() + 2 * DRAIN_BUCKET_S
+
+            async def warm() -> list[int]:
+                codes = []
+                while time.monotonic() < warm_until:
+                    codes.append(await send(http))
+                return codes
+
+            warmed = [code for codes in await asyncio.gather(*(warm() for _ in range(8)))
+                      for code in codes]  # fmt: skip
+            burst = await asyncio.gather(*(send(http) for _ in range(BURST_AT_ONCE)))
+            return warmed, list(burst)
+
+    warmed, burst = asyncio.run(run())
+    print(f"\nwarm-up: {len(warmed)} requests; burst of {BURST_AT_ONCE}: "
+          f"{burst.count(200)} served, {len(burst) - burst.count(200)} refused")  # fmt: skip
+    assert set(warmed) == {200}
+    assert burst.count(200) == BURST_AT_ONCE, sorted(set(burst))

@@ -11,11 +11,14 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from service.access.limits import RedisOptions
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service.access.limits import RedisOptions, RedisRateLimiter, redis_client
 from service.local_ports import free_port
 
 BINARY = "redis-server"
@@ -93,3 +96,21 @@ def redis_server(attempts: int = 3) -> Iterator[str]:
             yield f"redis://127.0.0.1:{port}/0"
         finally:
             _stop(process)
+
+
+def lossy_limiter(redis_url: str, *, script_runs: bool = True) -> RedisRateLimiter:
+    """A limiter on its own key prefix whose next admission reply is lost (a timeout): after
+    the script ran on Redis and charged, or before it got there."""
+    limiter = RedisRateLimiter(
+        redis_client(redis_url, PATIENT), lease_ttl_s=30, prefix=f"t-{uuid.uuid4().hex}:"
+    )
+    script = limiter._admit
+
+    async def lost(**kwargs):
+        limiter._admit = script
+        if script_runs:
+            await script(**kwargs)
+        raise RedisTimeoutError("Timeout reading from socket")
+
+    limiter._admit = lost
+    return limiter

@@ -24,7 +24,7 @@ from service.access.limits import (
     redis_client,
 )
 from service.local_ports import free_port
-from tests.unit.redis_server import PATIENT
+from tests.unit.redis_server import PATIENT, lossy_limiter
 
 T0 = 1_000_000.0  # a whole second, so bucket arithmetic in the tests is easy to follow
 LEASE_TTL_S = 30.0
@@ -417,10 +417,12 @@ async def test_redis_keys_carry_the_prefix_and_the_tenant_id_only(redis_url):
         redis_client(redis_url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix="pfx:"
     )
     limits = Limits(requests_per_minute=5, tokens_per_minute=50, max_concurrent_requests=2)
-    await admit(limiter, limits, time.time(), tokens=5)
+    admission = await admit(limiter, limits, time.time(), tokens=5)
     keys = sorted([key.decode() async for key in client.scan_iter("pfx:*")])
-    assert keys == ["pfx:rl:{acme}:conc", "pfx:rl:{acme}:req", "pfx:rl:{acme}:tok"]
+    record = f"pfx:rl:{{acme}}:adm:{admission.lease.record}"  # a random id, not the request's
+    assert keys == [record, "pfx:rl:{acme}:conc", "pfx:rl:{acme}:req", "pfx:rl:{acme}:tok"]
     assert 0 < await client.ttl("pfx:rl:{acme}:req") <= 120
+    assert 0 < await client.ttl(record) <= 120
     assert 0 < await client.ttl("pfx:rl:{acme}:conc") <= LEASE_TTL_S + 1
     await client.aclose()
     await limiter.aclose()
@@ -488,23 +490,49 @@ async def test_a_tenant_without_limits_never_waits_on_redis():
     await limiter.aclose()
 
 
-async def test_a_reply_lost_after_the_script_took_a_slot_frees_it_at_once(redis_url):
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+TOKENS_AND_SLOT = Limits(tokens_per_minute=150, max_concurrent_requests=1)
 
+
+async def lost_admission(limiter: RedisRateLimiter, tokens: int) -> Lease:
+    with pytest.raises(LimiterUnavailable) as raised:
+        await admit(limiter, TOKENS_AND_SLOT, T0, tokens=tokens)
+    assert raised.value.pending is not None
+    return raised.value.pending
+
+
+async def test_settling_a_lost_admission_with_nothing_served_frees_its_slot_and_tokens(redis_url):
+    limiter = lossy_limiter(redis_url)
+    pending = await lost_admission(limiter, tokens=100)
+    assert not (await admit(limiter, TOKENS_AND_SLOT, T0 + 1, tokens=100)).admitted  # charged
+    await limiter.settle(pending, actual_tokens=0, now=T0 + 2)
+    assert (await admit(limiter, TOKENS_AND_SLOT, T0 + 3, tokens=150)).admitted
+    await limiter.aclose()
+
+
+async def test_settling_a_lost_admission_corrects_its_charge_to_the_real_usage(redis_url):
+    limiter = lossy_limiter(redis_url)
+    pending = await lost_admission(limiter, tokens=100)
+    await limiter.settle(pending, actual_tokens=30, now=T0 + 2)
+    assert not (await admit(limiter, TOKENS_AND_SLOT, T0 + 3, tokens=121)).admitted
+    assert (await admit(limiter, TOKENS_AND_SLOT, T0 + 3, tokens=120)).admitted
+    await limiter.aclose()
+
+
+async def test_a_lost_admission_that_never_reached_redis_settles_to_nothing(redis_url):
+    limiter = lossy_limiter(redis_url, script_runs=False)
+    pending = await lost_admission(limiter, tokens=100)
+    await limiter.settle(pending, actual_tokens=30, now=T0 + 2)
+    assert (await admit(limiter, TOKENS_AND_SLOT, T0 + 3, tokens=150)).admitted
+    await limiter.aclose()
+
+
+async def test_a_settled_admission_leaves_no_record_behind(redis_url):
     limiter = RedisRateLimiter(
         redis_client(redis_url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix=f"t-{uuid.uuid4().hex}:"
     )
-    script = limiter._admit
-
-    async def charged_then_lost(**kwargs):
-        await script(**kwargs)  # the script runs on Redis and takes the slot...
-        raise RedisTimeoutError("Timeout reading from socket")  # ...and the reply is lost
-
-    limits = Limits(max_concurrent_requests=1)
-    limiter._admit = charged_then_lost
-    with pytest.raises(LimiterUnavailable):
-        await admit(limiter, limits, None)
-    limiter._admit = script
-    await asyncio.sleep(0.2)  # the release runs in the background
-    assert (await admit(limiter, limits, None)).admitted
+    admission = await admit(limiter, TOKENS_AND_SLOT, T0, tokens=100)
+    record = limiter.record_key("acme", admission.lease.record)
+    assert await limiter._client.exists(record)
+    await limiter.settle(admission.lease, actual_tokens=30, now=T0 + 1)
+    assert not await limiter._client.exists(record)
     await limiter.aclose()

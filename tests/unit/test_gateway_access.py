@@ -1,5 +1,6 @@
 """Access control in the gateway's request path, with a real keys file and the in-memory
-limiter: who may call, what they may call, how much, and what is written down."""
+limiter (a real Redis where a lost reply matters): who may call, what they may call, how much,
+and what is written down."""
 
 import asyncio
 import json
@@ -17,6 +18,7 @@ from service.gateway.api import create_app
 from service.routing.load import LoadTracker
 from service.settings import AccessSettings, Settings
 from tests.unit.gateway_fakes import FakeBackend, RecordingRecorder, chat_body
+from tests.unit.redis_server import lossy_limiter
 
 CHAT = "/v1/chat/completions"
 MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
@@ -38,15 +40,24 @@ def admin_key(keys_path, team_key):
 
 
 class Gateway:
-    def __init__(self, keys_path, settings=None, loads=None, audit_path=None, content=False):
+    def __init__(
+        self,
+        keys_path,
+        settings=None,
+        loads=None,
+        audit_path=None,
+        content=False,
+        limiter=None,
+        on_store_error="open",
+    ):
         self.settings = settings or Settings(server={"request_timeout_s": 5})
         self.backend = FakeBackend()
         self.recorder = RecordingRecorder()
         self.usage = MemoryUsageStore(retention_s=3600)
         self.access = AccessControl(
-            AccessSettings(keys_file=keys_path),
+            AccessSettings(keys_file=keys_path, on_store_error=on_store_error),
             keys=KeyFile(keys_path, reload_interval_s=0.0),
-            limiter=MemoryRateLimiter(lease_ttl_s=60),
+            limiter=limiter or MemoryRateLimiter(lease_ttl_s=60),
             usage=self.usage,
             audit=AuditLog(audit_path, include_content=content, name=f"audit-{id(self)}"),
             retry_after_s=2,
@@ -179,6 +190,28 @@ async def test_tokens_are_settled_to_real_usage_when_a_request_ends(keys_path):
     assert (await gateway.chat(key, max_tokens=60)).status_code == 200
     await asyncio.sleep(0)  # settled in the background: 4 real tokens, not ~62
     assert (await gateway.chat(key, max_tokens=60)).status_code == 200
+
+
+async def test_a_lost_limiter_reply_when_failing_closed_is_503_and_charges_nothing(
+    keys_path, redis_url
+):
+    key = create_key(
+        keys_path, "team-r", models=["*"], tokens_per_minute=100, max_concurrent_requests=1
+    )
+    gateway = Gateway(keys_path, limiter=lossy_limiter(redis_url), on_store_error="closed")
+    assert error_of(await gateway.chat(key, max_tokens=60), 503)["code"] == "service_unavailable"
+    await asyncio.sleep(0.2)  # refunded in the background: the slot and the ~75 tokens
+    assert (await gateway.chat(key, max_tokens=80)).status_code == 200  # ~95 tokens
+
+
+async def test_a_lost_limiter_reply_when_failing_open_is_served_and_billed_its_real_usage(
+    keys_path, redis_url
+):
+    key = create_key(keys_path, "team-r", models=["*"], tokens_per_minute=100)
+    gateway = Gateway(keys_path, limiter=lossy_limiter(redis_url), on_store_error="open")
+    assert (await gateway.chat(key, max_tokens=60)).status_code == 200
+    await asyncio.sleep(0.2)  # settled in the background: 4 real tokens, not ~75
+    assert (await gateway.chat(key, max_tokens=80)).status_code == 200  # ~95 tokens
 
 
 async def test_max_tokens_above_the_tenants_cap_is_400(keys_path):

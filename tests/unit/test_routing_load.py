@@ -2,7 +2,7 @@
 
 import time
 
-from service.routing.load import EngineSample, LoadTracker
+from service.routing.load import DRAIN_BUCKET_S, DrainMeter, EngineSample, LoadTracker
 
 
 def test_in_flight_requests_are_counted_until_finished_once():
@@ -35,3 +35,45 @@ def test_a_stale_engine_sample_is_ignored():
     tracker.set_engine("a", EngineSample(waiting=50, kv_cache_usage=0.99, at=time.monotonic() - 60))
     load = tracker.snapshot()["a"]
     assert (load.queued, load.kv_usage) == (0, 0.0)
+
+
+def drained(meter: DrainMeter, count: int, at: float, replicas: int = 1) -> None:
+    for _ in range(count):
+        meter.finished(at, replicas)
+
+
+def test_the_drain_rate_is_unknown_until_a_bucket_holds_a_few_completions():
+    meter = DrainMeter()
+    drained(meter, 2, at=1000.0)
+    assert meter.rate_per_replica(1001.0) is None
+    drained(meter, 1, at=1001.0)
+    assert meter.rate_per_replica(1001.0) == 3 / DRAIN_BUCKET_S
+
+
+def test_the_drain_rate_is_the_peak_per_replica_not_the_latest():
+    meter = DrainMeter()
+    drained(meter, 20, at=1000.0, replicas=2)  # 2 replicas: 2 per second each
+    drained(meter, 5, at=1100.0)  # light load later says nothing about capacity
+    assert meter.rate_per_replica(1101.0) == 20 / DRAIN_BUCKET_S / 2
+
+
+def test_a_peak_older_than_ten_minutes_is_forgotten():
+    meter = DrainMeter()
+    drained(meter, 20, at=1000.0)
+    assert meter.rate_per_replica(1000.0 + 601 + DRAIN_BUCKET_S) is None
+
+
+def test_the_pools_drain_rate_scales_with_its_replicas_now():
+    tracker = LoadTracker(["a"])
+    for _ in range(10):
+        tracker.started("a")()
+    tracker.set_replicas({"a": 3})
+    assert tracker.snapshot()["a"].drain_rate == 3 * 10 / DRAIN_BUCKET_S
+
+
+def test_requests_past_the_pools_slots_wait_at_the_router_and_count_as_queued():
+    tracker = LoadTracker(["a"], slots_per_replica={"a": 4})
+    tracker.set_replicas({"a": 2})
+    for _ in range(11):
+        tracker.started("a")
+    assert tracker.snapshot()["a"].queued == 3  # 11 in flight, 2 x 4 running

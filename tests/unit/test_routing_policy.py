@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from service.access.gate import scaled
 from service.catalog import Modality
 from service.routing.features import RequestFeatures
 from service.routing.policy import (
@@ -19,6 +20,8 @@ from service.routing.policy import (
     size_shape,
     spill_over,
 )
+from service.routing.setup import build_policy
+from service.settings import Settings
 
 TEXT = frozenset({Modality.TEXT})
 VISUAL = frozenset({Modality.TEXT, Modality.IMAGE, Modality.VIDEO})
@@ -192,3 +195,45 @@ def test_a_pinned_pool_is_never_swapped_even_when_saturated():
 def test_a_pinned_pool_refuses_input_it_cannot_take():
     with pytest.raises(NoCapablePool, match="'dense' does not accept audio"):
         POLICY.pin("dense", request(modalities={Modality.TEXT, Modality.AUDIO}))
+
+
+# predicted wait -----------------------------------------------------------------------
+
+
+def test_past_its_counts_a_pool_whose_queue_starts_within_the_wait_bound_takes_more():
+    assert not is_saturated(busy(ongoing=40, queued=30, drain_rate=10.0), RULES)  # ~3 s
+
+
+def test_past_its_counts_a_pool_whose_queue_would_outlast_the_wait_bound_is_saturated():
+    assert is_saturated(busy(ongoing=400, queued=300, drain_rate=10.0), RULES)  # ~30 s
+
+
+def test_a_pool_busy_with_long_streams_but_no_queue_takes_more():
+    assert not is_saturated(busy(ongoing=40, queued=0, drain_rate=0.5), RULES)
+
+
+def test_without_a_drain_rate_the_counts_decide():
+    assert is_saturated(busy(ongoing=4), RULES)
+
+
+def test_without_a_wait_bound_the_counts_decide():
+    counts_only = dataclasses.replace(RULES, max_queue_wait_s=None)
+    assert is_saturated(busy(ongoing=4, drain_rate=1000.0), counts_only)
+
+
+def test_a_full_kv_cache_saturates_whatever_the_drain_rate():
+    assert is_saturated(busy(ongoing=0, kv_usage=0.97, drain_rate=1000.0), RULES)
+
+
+def test_the_predicted_wait_is_the_queue_over_the_drain_rate():
+    assert busy(ongoing=40, queued=30, drain_rate=6.0).predicted_wait_s == 5.0
+    assert busy(ongoing=40, queued=30).predicted_wait_s is None
+
+
+def test_a_lower_priority_class_waits_a_share_of_the_bound():
+    assert scaled(RULES, 0.25).max_queue_wait_s == 5.0
+
+
+def test_the_wait_bound_never_exceeds_the_request_deadline():
+    settings = Settings(server={"request_timeout_s": 5}, routing={"max_queue_wait_s": 20})
+    assert build_policy(settings).thresholds.max_queue_wait_s == 5

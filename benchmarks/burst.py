@@ -7,8 +7,8 @@ counts alone decide what is shed; the second meets pools whose drain rate the ga
 measured, so it sheds on the predicted wait (docs/routing.md). The ratio of the two is the
 figure; both run on the same service, minutes apart.
 
-    make run                                   # in one shell: a fresh embedded default
-    .venv/bin/python benchmarks/burst.py       # in another
+    make run            # in one shell: a fresh embedded default
+    make bench-burst    # in another (ARGS="--streams 100 --url ..." to change it)
 """
 
 from __future__ import annotations

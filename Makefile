@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
-	bench-routing bench-autoscale bench-burst loadtest-smoke reliability clean
+	bench-routing bench-autoscale bench-burst bench-grammar loadtest-smoke reliability clean
 
 install: $(STAMP)
 
@@ -83,6 +83,10 @@ bench: $(STAMP) build-tiny
 # Against a running service (`make run` in another shell): 300 streams at once, twice.
 bench-burst: $(STAMP)
 	$(BIN)/python benchmarks/burst.py $(ARGS)
+
+# xgrammar alone, no service: compile time and GIL hold of the worst grammars the bounds admit.
+bench-grammar: $(STAMP) build-tiny
+	$(BIN)/python benchmarks/grammar_compile.py $(ARGS)
 
 # A simulation (cost model, no GPU): prints the table, writes benchmarks/results/routing_sim.png.
 bench-routing: $(STAMP)

@@ -169,6 +169,38 @@ def test_every_request_is_audited_once_without_content_or_keys(shared_stack):
         assert key not in text
 
 
+def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(shared_stack):
+    s = shared_stack
+    request_id = f"leaves-{time.monotonic_ns()}"
+    headers = {"authorization": f"Bearer {s.team}", "x-request-id": request_id}
+    body = {
+        "model": DENSE,
+        "messages": [{"role": "user", "content": "go"}],
+        "stream": True,
+        "max_tokens": 500,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
+    received = 0
+    with httpx.Client(base_url=s.base, headers=headers, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    choices = json.loads(line[6:]).get("choices") or [{}]
+                    delta = choices[0].get("delta", {})
+                    received += bool(delta.get("content") or delta.get("reasoning"))
+                if received == 10:
+                    break  # leaves long before the usage chunk
+
+    def audited() -> dict | None:
+        lines = [json.loads(x) for x in s.audit.read_text().splitlines()]
+        return next((x for x in lines if x["request_id"] == request_id), None)
+
+    entry = wait_for(audited, timeout_s=30)
+    assert 10 <= entry["completion_tokens"] < 500, entry
+    assert entry["prompt_tokens"] > 0
+
+
 def test_keys_never_reach_logs_or_metrics(shared_stack):
     import ray
 

@@ -78,14 +78,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def redis_server(attempts: int = 3) -> Iterator[str]:
-    """Runs redis-server on a free port and yields its URL; the server is gone afterwards."""
+def redis_server(attempts: int = 3, port: int | None = None) -> Iterator[str]:
+    """Runs redis-server on a free port (or `port`: a restart on the same address) and yields
+    its URL; the server is gone afterwards."""
     binary = find_binary()
     if binary is None:
         raise RedisServerFailed(MISSING)
+    chosen = port
     with tempfile.TemporaryDirectory(prefix="gemma-serve-redis-") as workdir:
         for attempt in range(attempts):
-            port = free_port()
+            port = chosen or free_port()
             try:
                 process = _start(binary, port, Path(workdir))
                 break

@@ -536,3 +536,19 @@ async def test_a_settled_admission_leaves_no_record_behind(redis_url):
     await limiter.settle(admission.lease, actual_tokens=30, now=T0 + 1)
     assert not await limiter._client.exists(record)
     await limiter.aclose()
+
+
+async def test_after_redis_restarts_empty_the_next_admission_works_and_counts_from_zero():
+    from tests.unit.redis_server import redis_server
+
+    port = free_port()
+    limits = Limits(requests_per_minute=1)
+    with redis_server(port=port) as url:
+        limiter = RedisRateLimiter(redis_client(url, PATIENT), lease_ttl_s=LEASE_TTL_S)
+        assert (await admit(limiter, limits, None)).admitted
+        assert not (await admit(limiter, limits, None)).admitted
+    with pytest.raises(LimiterUnavailable):  # down: refused quickly, not hung
+        await admit(limiter, limits, None)
+    with redis_server(port=port):  # back, empty, on the same address
+        assert (await admit(limiter, limits, None)).admitted
+    await limiter.aclose()

@@ -12,9 +12,10 @@ import pytest
 from service.access.audit import AUDIT_LOGGER, AuditLog
 from service.access.gate import AccessControl
 from service.access.keys import KeyFile, create_key, revoke_key
-from service.access.limits import MemoryRateLimiter
+from service.access.limits import MemoryRateLimiter, RedisRateLimiter, redis_client
 from service.access.usage import MemoryUsageStore, UsageUnavailable
 from service.gateway.api import create_app
+from service.local_ports import free_port
 from service.routing.load import LoadTracker
 from service.settings import AccessSettings, Settings
 from tests.unit.gateway_fakes import FakeBackend, RecordingRecorder, chat_body
@@ -212,6 +213,25 @@ async def test_a_lost_limiter_reply_when_failing_open_is_served_and_billed_its_r
     assert (await gateway.chat(key, max_tokens=60)).status_code == 200
     await asyncio.sleep(0.2)  # settled in the background: 4 real tokens, not ~75
     assert (await gateway.chat(key, max_tokens=80)).status_code == 200  # ~95 tokens
+
+
+def unreachable_limiter() -> RedisRateLimiter:
+    return RedisRateLimiter(redis_client(f"redis://127.0.0.1:{free_port()}/0"), lease_ttl_s=30)
+
+
+async def test_with_redis_down_failing_closed_refuses_with_503_and_retry_after(keys_path):
+    key = create_key(keys_path, "team-r", models=["*"], requests_per_minute=10)
+    gateway = Gateway(keys_path, limiter=unreachable_limiter(), on_store_error="closed")
+    refused = await gateway.chat(key)
+    assert error_of(refused, 503)["code"] == "service_unavailable"
+    assert refused.headers["retry-after"]
+    assert not gateway.backend.calls
+
+
+async def test_with_redis_down_failing_open_serves_without_limits(keys_path):
+    key = create_key(keys_path, "team-r", models=["*"], requests_per_minute=1)
+    gateway = Gateway(keys_path, limiter=unreachable_limiter(), on_store_error="open")
+    assert [(await gateway.chat(key)).status_code for _ in range(3)] == [200, 200, 200]
 
 
 async def test_max_tokens_above_the_tenants_cap_is_400(keys_path):

@@ -180,11 +180,12 @@ class AccessControl:
         if charge.cancelled():
             return
         error = charge.exception()
-        if isinstance(error, LimiterUnavailable) and error.pending is not None:
-            self._spawn(self._limiter.settle(error.pending, 0))
-            return
-        if error is None and charge.result().lease is not None:
-            self._spawn(self._limiter.settle(charge.result().lease, 0))
+        if error is None:
+            lease = charge.result().lease
+        else:
+            lease = error.pending if isinstance(error, LimiterUnavailable) else None
+        if lease is not None:
+            self._spawn(self._limiter.settle(lease, 0))
 
     def finish(self, ctx: RequestContext, outcome: RequestOutcome) -> None:
         """Runs when the request ends (from a sync close): the store calls go in the background."""

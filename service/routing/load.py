@@ -39,10 +39,12 @@ class _Bucket:
 
 
 class DrainMeter:
-    """Completions of one pool in time buckets, and the peak rate per replica among them."""
+    """Completions of one pool in time buckets, and the peak rate per replica among them. The
+    peak is kept up to date as buckets fill and expire: routing reads it on every request."""
 
     def __init__(self) -> None:
         self._buckets: deque[_Bucket] = deque()
+        self._peak: float | None = None
 
     def finished(self, now: float, replicas: int) -> None:
         index = now // DRAIN_BUCKET_S
@@ -51,22 +53,31 @@ class DrainMeter:
             last.completions += 1
             last.replicas = max(last.replicas, replicas)
         else:
-            self._buckets.append(_Bucket(index, 1, replicas))
+            last = _Bucket(index, 1, replicas)
+            self._buckets.append(last)
         self._forget(now)
+        rate = _rate(last)
+        if rate is not None and (self._peak is None or rate > self._peak):
+            self._peak = rate
 
     def rate_per_replica(self, now: float) -> float | None:
         self._forget(now)
-        rates = [
-            b.completions / DRAIN_BUCKET_S / max(1, b.replicas)
-            for b in self._buckets
-            if b.completions >= MIN_DRAINED
-        ]
-        return max(rates, default=None)
+        return self._peak
 
     def _forget(self, now: float) -> None:
         oldest = (now - DRAIN_MEMORY_S) // DRAIN_BUCKET_S
+        if not self._buckets or self._buckets[0].index >= oldest:
+            return
         while self._buckets and self._buckets[0].index < oldest:
             self._buckets.popleft()
+        rates = [r for r in map(_rate, self._buckets) if r is not None]
+        self._peak = max(rates, default=None)
+
+
+def _rate(bucket: _Bucket) -> float | None:
+    if bucket.completions < MIN_DRAINED:
+        return None
+    return bucket.completions / DRAIN_BUCKET_S / max(1, bucket.replicas)
 
 
 @dataclass(frozen=True)

@@ -84,18 +84,17 @@ def redis_server(attempts: int = 3, port: int | None = None) -> Iterator[str]:
     binary = find_binary()
     if binary is None:
         raise RedisServerFailed(MISSING)
-    chosen = port
     with tempfile.TemporaryDirectory(prefix="gemma-serve-redis-") as workdir:
         for attempt in range(attempts):
-            port = chosen or free_port()
+            bound = port or free_port()
             try:
-                process = _start(binary, port, Path(workdir))
+                process = _start(binary, bound, Path(workdir))
                 break
             except RedisServerFailed:
                 if attempt == attempts - 1:
                     raise
         try:
-            yield f"redis://127.0.0.1:{port}/0"
+            yield f"redis://127.0.0.1:{bound}/0"
         finally:
             _stop(process)
 

@@ -77,3 +77,11 @@ def test_requests_past_the_pools_slots_wait_at_the_router_and_count_as_queued():
     for _ in range(11):
         tracker.started("a")
     assert tracker.snapshot()["a"].queued == 3  # 11 in flight, 2 x 4 running
+
+
+def test_the_peak_falls_back_to_the_next_bucket_when_it_expires():
+    meter = DrainMeter()
+    drained(meter, 20, at=1000.0)
+    drained(meter, 5, at=1300.0)
+    assert meter.rate_per_replica(1301.0) == 20 / DRAIN_BUCKET_S
+    assert meter.rate_per_replica(1000.0 + 601 + DRAIN_BUCKET_S) == 5 / DRAIN_BUCKET_S

@@ -339,7 +339,10 @@ def llm_config_kwargs(
         },
         "engine_kwargs": engine_kwargs(pool, telemetry, media),
         "deployment_config": deployment_config(pool, telemetry),
-        "experimental_configs": {"stream_batching_interval_ms": pool.stream_batching_interval_ms},
+        "experimental_configs": {
+            "stream_batching_interval_ms": pool.stream_batching_interval_ms,
+            "max_grammar_compile_s": pool.max_grammar_compile_s,
+        },
         "log_engine_metrics": True,
     }
     if pool.device == "gpu":

@@ -10,6 +10,7 @@ the rest keeps both.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
@@ -25,6 +26,8 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 from service import context_budget
 from service.autoscaling.serve_policy import ENGINE_WAITING, KV_CACHE_USAGE
+from service.grammar import specs
+from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
 from service.streaming import carries_output
 
 T = TypeVar("T")
@@ -87,7 +90,15 @@ class SchedulerStatsProbe(StatLoggerBase):
 
 class PoolServer(LLMServer):
     async def start(self) -> None:
+        self._grammar = grammar_service(self._llm_config)
+        if self._grammar is not None:
+            # Before the engine starts: its EngineCore process inherits the address.
+            os.environ.update(self._grammar.listen())
         await super().start()
+        if self._grammar is not None:
+            client = self.engine._engine_client
+            info = await asyncio.to_thread(engine_tokenizer_info_json, client)
+            await asyncio.to_thread(self._grammar.start, info)
         self._stats = SchedulerStatsProbe()
         manager = getattr(getattr(self.engine, "_engine_client", None), "logger_manager", None)
         if manager is not None:  # present whenever engine metrics are on (our default)
@@ -98,10 +109,17 @@ class PoolServer(LLMServer):
             state = getattr(self.engine, "_app_state", None)
             self.engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
 
+    async def __del__(self) -> None:
+        if getattr(self, "_grammar", None) is not None:
+            self._grammar.close()
+        await super().__del__()
+
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncIterator[list[T]]:
         return FirstTokenBatcher(generator, interval_ms=self._get_batch_interval_ms()).stream()
 
     async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        if error := await self._grammar_refusal(request):
+            return _single(error)
         max_tokens = context_budget.requested_output(request)
         if max_tokens is not None and self._may_overflow(
             context_budget.chat_prompt_bound(request), max_tokens
@@ -122,6 +140,8 @@ class PoolServer(LLMServer):
         return await super().chat(request, raw_request_info)
 
     async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        if error := await self._grammar_refusal(request):
+            return _single(error)
         max_tokens = context_budget.requested_output(request)
         bounds = context_budget.completion_prompt_bounds(request)
         if max_tokens is not None and any(self._may_overflow(b, max_tokens) for b in bounds):
@@ -143,6 +163,25 @@ class PoolServer(LLMServer):
                 if error := self._overflow(counted, max_tokens, "prompt"):
                     return _single(error)
         return await super().completions(request, raw_request_info)
+
+    async def _grammar_refusal(self, request: Any) -> Any:
+        """A 400 when the request's grammar compiles past the pool's limit; the compile also
+        fills the cache the engine takes the grammar from."""
+        grammar = specs.from_request(request) if self._grammar is not None else None
+        if grammar is None:
+            return None
+        verdict = await asyncio.to_thread(self._grammar.compile, grammar)
+        if not isinstance(verdict, TooSlow):
+            return None
+        param = "response_format" if request.response_format is not None else "structured_outputs"
+        message = (
+            f"{param}: the grammar for this {grammar.kind} constraint took longer than "
+            f"{verdict.limit_s:g} s to compile (the pool's max_grammar_compile_s); counted "
+            "repetition (maxLength, maxItems, minItems, {m,n}) is what makes grammars costly"
+        )
+        return ErrorResponse(
+            error={"message": message, "type": "BadRequestError", "param": param, "code": 400}
+        )
 
     def _may_overflow(self, prompt_bound: int, max_tokens: int) -> bool:
         return prompt_bound + max_tokens > self._llm_config.engine_kwargs["max_model_len"]
@@ -182,6 +221,17 @@ class PoolServer(LLMServer):
             "kv_cache_usage": stats.kv_cache_usage,
             "age_s": None if stats.at is None else time.monotonic() - stats.at,
         }
+
+
+def grammar_service(llm_config: Any) -> GrammarCompileService | None:
+    limit_s = llm_config.experimental_configs.get("max_grammar_compile_s")
+    if limit_s is None:
+        return None
+    structured = llm_config.engine_kwargs.get("structured_outputs_config") or {}
+    if not isinstance(structured, dict):  # vLLM's StructuredOutputsConfig
+        structured = vars(structured)
+    disable_any_whitespace = bool(structured.get("disable_any_whitespace", False))
+    return GrammarCompileService(limit_s, disable_any_whitespace)
 
 
 async def _single(item: Any) -> AsyncIterator[Any]:

@@ -158,6 +158,12 @@ class PoolSettings(Strict):
     stream_batching_interval_ms: float = Field(
         50.0, ge=0, description="after the first chunk, tokens are sent in batches this often"
     )
+    max_grammar_compile_s: float | None = Field(
+        10.0,
+        gt=0,
+        description="structured-output grammars compile out of the engine, refused (400) past "
+        "this; null: the engine compiles them itself, unbounded, as vLLM does",
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="passed to vLLM last, overriding derived args"
     )

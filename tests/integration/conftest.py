@@ -24,6 +24,7 @@ MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
 REQUEST_TIMEOUT_S = 120.0
 MAX_BODY_BYTES = 256 * 1024
 MAX_IMAGE_BYTES = 1024
+MAX_GRAMMAR_COMPILE_S = 1.5
 # Thresholds sized for the tiny 2048-token pools and their tokenizer (~2 bytes per token).
 LONG_PROMPT_TOKENS = 256
 MAX_ONGOING_PER_REPLICA = 2
@@ -108,6 +109,11 @@ def stack(traces, metrics_port, prometheus):
                 }
             ),
             "media": base.media.model_copy(update={"max_image_bytes": MAX_IMAGE_BYTES}),
+            # Under the 5.6 s a pattern of ^[a-z]{1,10000}$ takes to compile on the tiny vocabulary.
+            "pools": [
+                pool.model_copy(update={"max_grammar_compile_s": MAX_GRAMMAR_COMPILE_S})
+                for pool in base.pools
+            ],
         }
     )
     build_tiny_checkpoints(settings.resolved_cache_dir)

@@ -1,6 +1,7 @@
 """The OpenAI API through the whole stack: official client, real Ray Serve, real vLLM."""
 
 import json
+import re
 
 import jsonschema
 
@@ -175,6 +176,35 @@ def test_json_schema_response_format_yields_valid_json(client):
         },
     )
     jsonschema.validate(json.loads(completion.choices[0].message.content), schema)
+
+
+def test_a_schema_too_costly_to_compile_is_refused_naming_the_field(http):
+    # Counted repetition in a pattern: 5.6 s to compile even on the tiny vocabulary.
+    body = {
+        "model": DENSE,
+        "messages": MESSAGES,
+        "max_tokens": 4,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "long", "schema": {"type": "string", "pattern": "^[a-z]{1,10000}$"}},
+        },
+    }
+    for _ in range(2):  # the second answer comes from the pool's verdict cache
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == "response_format"
+        assert "max_grammar_compile_s" in error["message"]
+
+
+def test_a_regex_constraint_compiled_out_of_the_engine_holds(client):
+    completion = client.chat.completions.create(
+        model=MOE,
+        messages=MESSAGES,
+        max_tokens=8,
+        extra_body={"structured_outputs": {"regex": "[ab]{3}"}},
+    )
+    assert re.fullmatch("[ab]{3}", completion.choices[0].message.content)
 
 
 def test_request_id_is_echoed_or_generated(http):

@@ -18,7 +18,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
-	bench-routing bench-autoscale bench-burst bench-grammar loadtest-smoke reliability clean
+	bench-routing bench-autoscale bench-burst bench-grammar loadtest-smoke reliability soak clean
 
 install: $(STAMP)
 
@@ -87,6 +87,10 @@ bench-burst: $(STAMP)
 # xgrammar alone, no service: compile time and GIL hold of the worst grammars the bounds admit.
 bench-grammar: $(STAMP) build-tiny
 	$(BIN)/python benchmarks/grammar_compile.py $(ARGS)
+
+# Starts the embedded default itself: 30 minutes of mixed load, RSS and fd slopes of every process.
+soak: $(STAMP) system-deps build-tiny
+	$(BIN)/python benchmarks/soak.py $(ARGS)
 
 # A simulation (cost model, no GPU): prints the table, writes benchmarks/results/routing_sim.png.
 bench-routing: $(STAMP)

@@ -186,7 +186,10 @@ def test_a_schema_too_costly_to_compile_is_refused_naming_the_field(http):
         "max_tokens": 4,
         "response_format": {
             "type": "json_schema",
-            "json_schema": {"name": "long", "schema": {"type": "string", "pattern": "^[a-z]{1,10000}$"}},
+            "json_schema": {
+                "name": "long",
+                "schema": {"type": "string", "pattern": "^[a-z]{1,10000}$"},
+            },
         },
     }
     for _ in range(2):  # the second answer comes from the pool's verdict cache

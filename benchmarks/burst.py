@@ -30,6 +30,7 @@ class Outcome:
     complete: bool  # a 200 stream that ended with [DONE]
     ttft_s: float | None
     total_s: float
+    retry_after: bool = False  # a refusal (429/503) that said when to come back
 
 
 async def stream_once(http: httpx.AsyncClient, model: str, max_tokens: int) -> Outcome:
@@ -46,7 +47,9 @@ async def stream_once(http: httpx.AsyncClient, model: str, max_tokens: int) -> O
         async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 await response.aread()
-                return Outcome(response.status_code, False, None, time.monotonic() - started)
+                retry_after = "retry-after" in response.headers
+                elapsed = time.monotonic() - started
+                return Outcome(response.status_code, False, None, elapsed, retry_after)
             done = False
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -77,6 +80,9 @@ def report(name: str, outcomes: list[Outcome], wall_s: float) -> dict[str, objec
         "sent": len(outcomes),
         "served": len(served),
         "refused": {str(k): v for k, v in sorted(statuses.items()) if k not in (0, 200)},
+        "refused_without_retry_after": sum(
+            1 for o in outcomes if o.status in (429, 503) and not o.retry_after
+        ),
         "broken": statuses.get(0, 0) + statuses.get(200, 0),
         "ttft_p50_s": round(statistics.median(ttfts), 2) if ttfts else None,
         "ttft_max_s": round(ttfts[-1], 2) if ttfts else None,

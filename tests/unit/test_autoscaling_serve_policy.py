@@ -49,3 +49,27 @@ def test_the_policy_returns_replicas_and_keeps_its_state_under_its_own_key():
 def test_without_prometheus_ttft_is_not_a_signal():
     policy = PoolAutoscalingPolicy(pool_id="p", params=PARAMS, ttft_query="up")
     assert policy._ttft_p95() is None
+
+
+def prometheus_down_policy():
+    from service.local_ports import free_port
+
+    # Nothing listens on a free port: every query fails to connect.
+    return PoolAutoscalingPolicy(
+        pool_id="p", params=PARAMS, prometheus_url=f"http://127.0.0.1:{free_port()}",
+        ttft_query="histogram_quantile(0.95, x)",
+    )  # fmt: skip
+
+
+def test_with_prometheus_down_the_policy_holds_a_steady_pool():
+    policy = prometheus_down_policy()
+    state = {}
+    for tick in range(5):
+        replicas, state = policy(context(ongoing=20, replicas=2, state=state, now=100.0 + tick))
+        assert replicas == 2
+    assert policy._ttft_p95() is None
+
+
+def test_with_prometheus_down_the_policy_still_scales_on_request_counts():
+    replicas, _ = prometheus_down_policy()(context(ongoing=35))
+    assert replicas == 4

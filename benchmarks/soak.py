@@ -167,8 +167,9 @@ def sample(series: dict[int, Series], started: float) -> None:
                 fds = process.num_fds()
         except psutil.Error:
             continue
-        entry = series.setdefault(process.pid, Series(_label(process)))
-        entry.samples.append((minute, rss, fds))
+        if process.pid not in series:
+            series[process.pid] = Series(_label(process))
+        series[process.pid].samples.append((minute, rss, fds))
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -279,26 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise
 
-    from service.cli import start_service, stop_service
-    from service.local_ports import free_port
-    from service.settings import load_settings
-    from service.tinymodels import build_tiny_checkpoints
+    from service.cli import embedded_default_on_free_ports, metrics_url
 
-    base = load_settings()
-    settings = base.model_copy(
-        update={
-            "server": base.server.model_copy(update={"port": free_port()}),
-            "telemetry": base.telemetry.model_copy(update={"metrics_port": free_port()}),
-        }
-    )
-    build_tiny_checkpoints(settings.resolved_cache_dir)
-    start_service(settings)
-    try:
+    with embedded_default_on_free_ports() as settings:
         url = f"http://127.0.0.1:{settings.server.port}"
-        metrics = f"http://127.0.0.1:{settings.telemetry.metrics_port}/metrics"
-        return asyncio.run(soak(url, metrics, args))
-    finally:
-        stop_service()
+        return asyncio.run(soak(url, metrics_url(settings), args))
 
 
 if __name__ == "__main__":

@@ -19,22 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(".cache/loadtest-smoke"))
     args = parser.parse_args(argv)
 
-    from service.cli import start_service, stop_service
-    from service.local_ports import free_port
-    from service.settings import load_settings
-    from service.tinymodels import build_tiny_checkpoints
+    from service.cli import embedded_default_on_free_ports
 
-    base = load_settings()
-    # Free ports: a developer's `make run` may hold 8000 and 8080.
-    settings = base.model_copy(
-        update={
-            "server": base.server.model_copy(update={"port": free_port()}),
-            "telemetry": base.telemetry.model_copy(update={"metrics_port": free_port()}),
-        }
-    )
-    build_tiny_checkpoints(settings.resolved_cache_dir)
-    start_service(settings)
-    try:
+    with embedded_default_on_free_ports() as settings:
         return runner.main(
             [
                 "--profile", args.profile,
@@ -44,8 +31,6 @@ def main(argv: list[str] | None = None) -> int:
                 "--out", str(args.out),
             ]
         )  # fmt: skip
-    finally:
-        stop_service()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +184,28 @@ def start_service(settings: Settings) -> None:
         }
     )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+
+
+@contextmanager
+def embedded_default_on_free_ports() -> Iterator[Settings]:
+    """The embedded default, started for a script's run and stopped after, on free ports: a
+    developer's `make run` may hold 8000 and 8080."""
+    from service.local_ports import free_port
+    from service.tinymodels import build_tiny_checkpoints
+
+    base = load_settings()
+    settings = base.model_copy(
+        update={
+            "server": base.server.model_copy(update={"port": free_port()}),
+            "telemetry": base.telemetry.model_copy(update={"metrics_port": free_port()}),
+        }
+    )
+    build_tiny_checkpoints(settings.resolved_cache_dir)
+    start_service(settings)
+    try:
+        yield settings
+    finally:
+        stop_service()
 
 
 def local_placement(settings: Settings) -> Settings:

@@ -170,7 +170,7 @@ class PoolServer(LLMServer):
         grammar = specs.from_request(request) if self._grammar is not None else None
         if grammar is None:
             return None
-        verdict = await asyncio.to_thread(self._grammar.compile, grammar)
+        verdict = await self._grammar.verdict(grammar)
         if not isinstance(verdict, TooSlow):
             return None
         param = "response_format" if request.response_format is not None else "structured_outputs"

@@ -8,6 +8,7 @@ of `TooSlow` are kept too, so a client repeating a costly schema is refused at o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import multiprocessing
@@ -19,6 +20,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener
 from typing import Any
@@ -33,6 +35,9 @@ AUTHKEY_ENV = "GEMMA_SERVE_GRAMMAR_AUTHKEY"
 WORKERS = 2  # one costly schema does not hold up everyone else's
 CACHE_BYTES = 256 * 2**20  # serialised grammars kept; a maxLength-100 string is ~14 MB
 MAX_TOO_SLOW_KEPT = 4096
+# Threads that wait for a worker: not the event loop's default executor, which a queue of
+# slow compiles would otherwise fill.
+WAITING_THREADS = 32
 WORKER_START_TIMEOUT_S = 300.0
 
 
@@ -114,6 +119,7 @@ class GrammarCompileService:
         self._dir = tempfile.mkdtemp(prefix="gemma-serve-grammar-")
         self._address = os.path.join(self._dir, "compile.sock")
         self._listener: Listener | None = None
+        self._waiting = ThreadPoolExecutor(WAITING_THREADS, thread_name_prefix="grammar")
 
     def listen(self) -> dict[str, str]:
         """Opens the socket; returns the environment the engine process needs to find it."""
@@ -130,13 +136,19 @@ class GrammarCompileService:
             self._idle.put(compile_worker)
         self._ready.set()
 
+    async def verdict(self, grammar: GrammarSpec) -> Verdict:
+        """`compile` for the event loop: a cached verdict at once, else off the loop."""
+        if (hit := self._cached(grammar.key)) is not None:
+            return hit
+        return await asyncio.get_running_loop().run_in_executor(
+            self._waiting, self.compile, grammar
+        )
+
     def compile(self, grammar: GrammarSpec) -> Verdict:
         """Blocking; waits for an idle worker (the wait is not part of the limit)."""
         key = grammar.key
-        with self._lock:
-            if (hit := self._cache.get(key) or self._too_slow.get(key)) is not None:
-                (self._cache if isinstance(hit, Compiled) else self._too_slow).move_to_end(key)
-                return hit
+        if (hit := self._cached(key)) is not None:
+            return hit
         if not self._ready.wait(WORKER_START_TIMEOUT_S):
             raise RuntimeError("the grammar compile workers are not running")
         compile_worker = self._idle.get()
@@ -148,6 +160,12 @@ class GrammarCompileService:
         if isinstance(verdict, TooSlow):
             log.warning("grammar refused: compile ran past %.1f s (%s)", self.limit_s, key[:12])
         return verdict
+
+    def _cached(self, key: str) -> Verdict | None:
+        with self._lock:
+            if (hit := self._cache.get(key) or self._too_slow.get(key)) is not None:
+                (self._cache if isinstance(hit, Compiled) else self._too_slow).move_to_end(key)
+            return hit
 
     def _remember(self, key: str, verdict: Verdict) -> None:
         with self._lock:
@@ -196,6 +214,7 @@ class GrammarCompileService:
             listener.close()
         for compile_worker in self._workers:
             compile_worker.kill()
+        self._waiting.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

@@ -200,7 +200,7 @@ def test_a_schema_too_costly_to_compile_is_refused_naming_the_field(http):
         assert "max_grammar_compile_s" in error["message"]
 
 
-def test_a_regex_constraint_compiled_out_of_the_engine_holds(client):
+def test_a_regex_constraint_holds_with_grammars_compiled_out_of_the_engine(client):
     completion = client.chat.completions.create(
         model=MOE,
         messages=MESSAGES,

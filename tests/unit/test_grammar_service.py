@@ -1,6 +1,7 @@
 """The grammar compile service: grammars compile in worker processes under a time limit, what
 compiled is what the engine would have built, and the engine side takes it over the socket."""
 
+import asyncio
 import json
 import time
 
@@ -81,6 +82,14 @@ def test_a_costly_grammar_asked_again_is_refused_from_the_cache(service):
 
 def test_a_compiled_grammar_asked_again_comes_from_the_cache(service):
     assert service.compile(SMALL) is service.compile(SMALL)
+
+
+def test_the_event_loop_gets_the_same_verdicts_as_a_blocking_caller(service):
+    async def ask_twice():
+        return await service.verdict(SMALL), await service.verdict(SMALL)
+
+    first, again = asyncio.run(ask_twice())
+    assert isinstance(first, Compiled) and again is first
 
 
 def test_an_invalid_grammar_is_left_for_vllm_to_report(service):

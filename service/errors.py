@@ -68,6 +68,14 @@ class PayloadTooLarge(ServiceError):
     code = "request_too_large"
 
 
+class ClientClosed(ServiceError):
+    """The client left before the request was read: nothing can be answered, only counted."""
+
+    status = 499  # nginx's "client closed request", as the metrics and audit name it
+    type = "invalid_request_error"
+    code = "client_closed"
+
+
 class DeadlineExceeded(ServiceError):
     status = 504
     type = "timeout_error"

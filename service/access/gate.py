@@ -216,6 +216,17 @@ class AccessControl:
             raise ServiceUnavailable("usage cannot be read now; retry shortly") from None
         return [dataclasses.asdict(row) for row in rows]
 
+    async def aclose(self, timeout_s: float) -> None:
+        """Waits up to `timeout_s` for the settles and usage records still in flight (a
+        replica that stops must not drop them: its requests' slots would stay held until their
+        leases ran out), then closes the stores."""
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+            if pending:
+                log.error("stopping with %d limit or usage updates unsent", len(pending))
+        await self._limiter.aclose()
+        await self._usage.aclose()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)

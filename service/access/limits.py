@@ -13,11 +13,14 @@ that dies holding slots gives them back when their leases expire.
 A Redis reply can be lost after the script has charged (a timeout). Each admission the script
 grants therefore leaves a record under a random id, naming the bucket it charged; the caller gets
 a pending lease with that id, and settling it reads the record, so the charge is corrected (or
-refunded) exactly as if the reply had arrived. No record means the script never charged.
+refunded) exactly as if the reply had arrived. No record means the script never charged, or
+the lease is settled already: a settle is idempotent, so one that fails (Redis slow or down) is
+retried until the lease would have expired anyway.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
@@ -41,6 +44,9 @@ BUCKET_TTL_S = 2 * WINDOW_S
 # A refusal for concurrency cannot know when a slot frees (that is when some request ends):
 # one second is a cheap poll interval.
 CONCURRENCY_RETRY_S = 1
+# A failed settle is retried with backoff from this delay, doubling up to the cap.
+SETTLE_RETRY_FIRST_S = 0.5
+SETTLE_RETRY_MAX_S = 15.0
 
 Window = Literal["requests", "tokens"]
 LimitedBy = Literal["requests", "tokens", "concurrency"]
@@ -411,14 +417,19 @@ if admitted then
     redis.call('ZADD', KEYS[3], now + lease_ttl, ARGV[6])
     redis.call('EXPIRE', KEYS[3], math.ceil(lease_ttl) + 1)
   end
-  if tok_limit > 0 or conc_limit > 0 then redis.call('SET', KEYS[4], second, 'EX', bucket_ttl) end
+  if tok_limit > 0 or conc_limit > 0 then
+    -- Lives as long as the lease may: the settle of the longest request still finds it.
+    local record_ttl = math.max(bucket_ttl, math.ceil(tonumber(ARGV[7])) + 1)
+    redis.call('SET', KEYS[4], second, 'EX', record_ttl)
+  end
 end
 return {admitted and 1 or 0, tostring(now), second, req_live, tok_live, full}
 """
 
 # KEYS: tokens hash, concurrency zset, admission record. ARGV: now ("" = Redis's clock), the
 # lease's second ("" = the record's), token correction, slot member ("" = none), window.
-# A pending lease without a record was never charged: nothing to correct.
+# Without a record the lease was never charged or is settled already: nothing to correct, so a
+# settle run twice (a retry after a lost reply) corrects once.
 _SETTLE = """
 if redis.replicate_commands then redis.replicate_commands() end
 local now = tonumber(ARGV[1])
@@ -427,13 +438,10 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
-local lease_second = tonumber(ARGV[2])
 local recorded = redis.call('GET', KEYS[3])
-if recorded then redis.call('DEL', KEYS[3]) end
-if not lease_second then
-  if not recorded then return 0 end
-  lease_second = tonumber(recorded)
-end
+if not recorded then return 0 end
+redis.call('DEL', KEYS[3])
+local lease_second = tonumber(ARGV[2]) or tonumber(recorded)
 local delta = tonumber(ARGV[3])
 local second = math.floor(now)
 if delta ~= 0 and lease_second > second - tonumber(ARGV[5]) then
@@ -487,9 +495,18 @@ def _pairs(flat: Iterable[int | bytes]) -> list[tuple[int, int]]:
 class RedisRateLimiter:
     """Exact across replicas: every admission is one atomic script on the shared counters."""
 
-    def __init__(self, client: aioredis.Redis, *, lease_ttl_s: float, prefix: str = "gs:"):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        lease_ttl_s: float,
+        prefix: str = "gs:",
+        settle_retry_s: float | None = None,
+    ):
         self._client = client
         self._lease_ttl_s = lease_ttl_s
+        # Past the lease's end its slot has expired by itself: retrying longer frees nothing.
+        self._settle_retry_s = lease_ttl_s if settle_retry_s is None else settle_retry_s
         self._prefix = prefix
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
@@ -562,19 +579,25 @@ class RedisRateLimiter:
     ) -> None:
         if lease.settled:
             return
-        # Marked before the call: a failed settle is not retried (the slot's lease expires).
-        lease.settled = True
+        lease.settled = True  # before the first await: a second caller does nothing
         delta = _token_correction(lease, actual_tokens)
-        if lease.second is not None and lease.slot is None and not delta:
-            return  # nothing to correct; an unread record expires with the window
+        if lease.slot is None and not delta:
+            return  # nothing to correct; an unread record expires on its own
         tokens, concurrency = self.keys(lease.tenant)[1:]
         record = self.record_key(lease.tenant, lease.record or "")
         second = "" if lease.second is None else lease.second
         args = ["" if now is None else repr(now), second, delta, lease.slot or "", WINDOW_S]
-        try:
-            await self._settle(keys=[tokens, concurrency, record], args=args)
-        except (RedisError, OSError) as error:
-            raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
+        give_up_at = time.monotonic() + self._settle_retry_s
+        delay = SETTLE_RETRY_FIRST_S
+        while True:
+            try:
+                await self._settle(keys=[tokens, concurrency, record], args=args)
+                return
+            except (RedisError, OSError) as error:
+                if time.monotonic() + delay > give_up_at:
+                    raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, SETTLE_RETRY_MAX_S)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -23,6 +23,8 @@ from service.telemetry.tracing import build_tracer
 READINESS_MAX_AGE_S = 2.0
 # A replica at its max_ongoing_requests answers late; its in-flight count says enough then.
 ENGINE_SAMPLE_TIMEOUT_S = 1.0
+# Each store call is bounded by its own 0.5 s timeouts; this only bounds a pile of them.
+SETTLE_DRAIN_TIMEOUT_S = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -63,6 +65,13 @@ class Gateway:
             tracer=build_tracer(self._settings.telemetry.tracing),
             access=self._access,
         )
+
+    async def __del__(self) -> None:
+        """Serve calls this once the replica's requests have drained (a config change, a
+        scale-down, a node drain): what they left to settle is sent before the replica goes."""
+        if hasattr(self, "_access"):  # the app was built
+            self._refresher.cancel()
+            await self._access.aclose(SETTLE_DRAIN_TIMEOUT_S)
 
     async def _refresh_forever(self) -> None:
         """Running replicas per pool, from the Serve controller: readiness and routing."""

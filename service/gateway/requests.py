@@ -8,10 +8,10 @@ import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from vllm.exceptions import VLLMValidationError
 
-from service.errors import InvalidRequest, MalformedJSON, PayloadTooLarge
+from service.errors import ClientClosed, InvalidRequest, MalformedJSON, PayloadTooLarge
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -29,11 +29,14 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
         raise PayloadTooLarge(_too_large(int(declared), max_bytes))
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(_too_large(size, max_bytes, at_least=True))
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(_too_large(size, max_bytes, at_least=True))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientClosed(f"the client left after sending {size} bytes of the body") from None
     raw = b"".join(chunks)
     if not raw.strip():
         raise MalformedJSON("the request body is empty; send a JSON object")

@@ -10,6 +10,8 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,15 @@ from service.routing.load import DRAIN_BUCKET_S
 from service.settings import Settings
 from service.tinymodels import build_tiny_checkpoints
 from tests.integration.conftest import DENSE
+from tests.integration.faults import (
+    RedisProxy,
+    admission_records,
+    gauge_sum,
+    leave_after,
+    leave_during_upload,
+    redis_proxy,
+    slots_held,
+)
 from tests.integration.observability import wait_for
 from tests.unit.redis_server import redis_server
 
@@ -31,6 +42,7 @@ RPM = 60
 # any span shorter than that must admit exactly RPM; 20 s keeps the test short.
 BURST, BURST_S = 120, 20
 REQUESTS = 20
+SLOTS_TENANT, SLOTS = "slots", 4
 BURST_AT_ONCE = 150
 LOAD_CLIENTS = 6  # three times what two replicas are meant to hold (target 2 each)
 # A replica starting under load shares both cores with it: 115 s here, more on slower CI
@@ -64,16 +76,18 @@ def shared_stack(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("access")
     keys = workdir / "keys.yaml"
     audit = workdir / "audit.jsonl"
-    with redis_server() as redis_url:
+    # The gateway reaches Redis through a proxy the fault tests can slow down or cut.
+    with redis_server() as redis_url, redis_proxy(redis_url) as proxy:
         settings = Settings(
             server={"port": free_port(), "gateway_replicas": 2, "request_timeout_s": 120},
             telemetry={"metrics_port": free_port()},
-            access={"keys_file": keys, "redis_url": redis_url, "audit_file": audit,
+            access={"keys_file": keys, "redis_url": proxy.url, "audit_file": audit,
                     "keys_reload_interval_s": 0.5},
             pools=[SCALING_POOL],
         )  # fmt: skip
-        stack = SharedStack(settings, keys, audit)
+        stack = SharedStack(settings, keys, audit, redis_url, proxy)
         stack.team = create_key(keys, "team-a", models=["gemma-4", DENSE])
+        stack.slots = create_key(keys, SLOTS_TENANT, models=[DENSE], max_concurrent_requests=SLOTS)
         stack.limited = create_key(keys, "limited", models=["*"], requests_per_minute=RPM)
         stack.admin = create_key(keys, None, admin=True)
         # Its own tenant for the counting test: no other request is in its series.
@@ -87,11 +101,36 @@ def shared_stack(tmp_path_factory):
 
 
 class SharedStack:
-    def __init__(self, settings: Settings, keys: Path, audit: Path):
+    def __init__(
+        self, settings: Settings, keys: Path, audit: Path, redis_url: str, proxy: RedisProxy
+    ):
         self.settings, self.keys, self.audit = settings, keys, audit
+        self.redis_url, self.redis = redis_url, proxy
         self.base = f"http://127.0.0.1:{settings.server.port}"
         self.metrics_url = f"http://127.0.0.1:{settings.telemetry.metrics_port}/metrics"
-        self.team = self.limited = self.admin = self.counting = ""
+        self.team = self.limited = self.admin = self.counting = self.slots = ""
+
+    def audited(self, request_id: str) -> dict:
+        def entry() -> dict | None:
+            lines = [json.loads(x) for x in self.audit.read_text().splitlines()]
+            return next((x for x in lines if x["request_id"] == request_id), None)
+
+        return wait_for(entry, timeout_s=30)
+
+    def engine_unfinished(self) -> int:
+        from ray import serve
+
+        pool = serve.get_deployment_handle(POOL_DEPLOYMENT_PREFIX + DENSE, app_name=APP_NAME)
+        return pool.engine_load.remote().result()["unfinished_requests"]
+
+    def assert_nothing_held(self, tenant: str = SLOTS_TENANT) -> None:
+        """No concurrency slot or unsettled admission in Redis, no request in the engine, and
+        none in flight at either gateway replica."""
+        wait_for(lambda: slots_held(self.redis_url, tenant) == 0, timeout_s=30)
+        wait_for(lambda: admission_records(self.redis_url, tenant) == 0, timeout_s=30)
+        wait_for(lambda: self.engine_unfinished() == 0, timeout_s=30)
+        in_flight = "ray_gemma_serve_requests_in_flight"
+        wait_for(lambda: gauge_sum(self.metrics_url, in_flight, pool=DENSE) == 0, timeout_s=30)
 
     def chat(self, key: str | None, model: str = "gemma-4") -> httpx.Response:
         headers = {"authorization": f"Bearer {key}"} if key else {}
@@ -171,36 +210,111 @@ def test_every_request_is_audited_once_without_content_or_keys(shared_stack):
         assert key not in text
 
 
-def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(shared_stack):
-    s = shared_stack
-    request_id = f"leaves-{time.monotonic_ns()}"
-    headers = {"authorization": f"Bearer {s.team}", "x-request-id": request_id}
-    body = {
+def stream_body(max_tokens: int) -> dict:
+    return {
         "model": DENSE,
         "messages": [{"role": "user", "content": "go"}],
         "stream": True,
-        "max_tokens": 500,
+        "max_tokens": max_tokens,
         "ignore_eos": True,
         "stream_options": {"include_usage": True},
     }
-    received = 0
+
+
+def request_id(stage: str) -> str:
+    return f"{stage}-{time.monotonic_ns()}"
+
+
+def read_stream(http: httpx.Client, body: dict, stop: Callable[[dict], bool]) -> None:
+    """Streams a chat and returns (closing the connection) at the first event `stop` accepts."""
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line.startswith("data: {") and stop(json.loads(line[6:])):
+                return
+
+
+def content_events() -> Callable[[dict], int]:
+    count = 0
+
+    def seen(event: dict) -> int:
+        nonlocal count
+        delta = (event.get("choices") or [{}])[0].get("delta", {})
+        count += bool(delta.get("content") or delta.get("reasoning"))
+        return count
+
+    return seen
+
+
+def test_a_client_that_leaves_during_upload_holds_nothing(shared_stack):
+    s = shared_stack
+    rid = request_id("upload")
+    leave_during_upload(s.base, "/v1/chat/completions", s.slots, rid, stream_body(50))
+    entry = s.audited(rid)
+    assert (entry["status"], entry["completion_tokens"]) == (499, None), entry
+    s.assert_nothing_held()
+
+
+def test_a_client_that_leaves_during_admission_holds_nothing(shared_stack):
+    s = shared_stack
+    rid = request_id("admission")
+    s.redis.delay_s = 0.3  # admission now takes that long, within the 0.5 s timeout
+    try:
+        leave_after(s.base, "/v1/chat/completions", s.slots, rid, stream_body(50), wait_s=0.15)
+        entry = s.audited(rid)
+    finally:
+        s.redis.delay_s = 0.0
+    assert (entry["status"], entry["completion_tokens"]) == (499, None), entry
+    s.assert_nothing_held()
+
+
+def test_a_client_that_leaves_before_its_first_token_is_aborted_in_the_engine(shared_stack):
+    """The pool runs one sequence at a time: behind a long stream, the request waits in the
+    engine; its client leaves there, and only the long stream is left running."""
+    s = shared_stack
+    rid = request_id("queued")
+    headers = {"authorization": f"Bearer {s.team}"}
     with httpx.Client(base_url=s.base, headers=headers, timeout=60) as http:
-        with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    choices = json.loads(line[6:]).get("choices") or [{}]
-                    delta = choices[0].get("delta", {})
-                    received += bool(delta.get("content") or delta.get("reasoning"))
-                if received == 10:
-                    break  # leaves long before the usage chunk
+        seen = content_events()
+        with http.stream("POST", "/v1/chat/completions", json=stream_body(1500)) as long:
+            lines = long.iter_lines()
+            for line in lines:  # until the long stream's first token
+                if line.startswith("data: {") and seen(json.loads(line[6:])):
+                    break
+            received = leave_after(
+                s.base, "/v1/chat/completions", s.slots, rid, stream_body(50), wait_s=1.0
+            )
+            assert b"data:" not in received
+            wait_for(lambda: s.engine_unfinished() == 1, timeout_s=30, interval_s=0.2)
+            assert any(x.startswith("data: {") for x in islice(lines, 4))  # it runs on
+    entry = s.audited(rid)
+    assert entry["status"] == 499 and not entry["completion_tokens"], entry
+    s.assert_nothing_held()
 
-    def audited() -> dict | None:
-        lines = [json.loads(x) for x in s.audit.read_text().splitlines()]
-        return next((x for x in lines if x["request_id"] == request_id), None)
 
-    entry = wait_for(audited, timeout_s=30)
+def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(shared_stack):
+    s = shared_stack
+    rid = request_id("mid-stream")
+    headers = {"authorization": f"Bearer {s.slots}", "x-request-id": rid}
+    with httpx.Client(base_url=s.base, headers=headers, timeout=60) as http:
+        seen = content_events()
+        read_stream(http, stream_body(500), lambda event: seen(event) == 10)
+    entry = s.audited(rid)
     assert 10 <= entry["completion_tokens"] < 500, entry
     assert entry["prompt_tokens"] > 0
+    s.assert_nothing_held()
+
+
+def test_a_client_that_leaves_just_before_the_usage_chunk_is_billed_every_token(shared_stack):
+    s = shared_stack
+    rid = request_id("before-usage")
+    headers = {"authorization": f"Bearer {s.slots}", "x-request-id": rid}
+    with httpx.Client(base_url=s.base, headers=headers, timeout=60) as http:
+        finished = lambda event: (event.get("choices") or [{}])[0].get("finish_reason")  # noqa: E731
+        read_stream(http, stream_body(8), finished)
+    entry = s.audited(rid)
+    assert entry["completion_tokens"] == 8, entry
+    s.assert_nothing_held()
 
 
 def test_keys_never_reach_logs_or_metrics(shared_stack):

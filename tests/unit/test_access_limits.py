@@ -470,13 +470,63 @@ async def test_a_redis_that_does_not_answer_times_out_as_limiter_unavailable():
     server.close()
 
 
-async def test_settling_against_an_unreachable_redis_raises_limiter_unavailable():
+async def test_a_settle_against_a_redis_that_stays_down_gives_up_after_its_retry_time():
     limiter = RedisRateLimiter(
-        redis_client(f"redis://127.0.0.1:{free_port()}/0"), lease_ttl_s=LEASE_TTL_S
+        redis_client(f"redis://127.0.0.1:{free_port()}/0"),
+        lease_ttl_s=LEASE_TTL_S,
+        settle_retry_s=1.0,
     )
     lease = Lease("acme", "r1", int(T0), 10, charged_tokens=True, slot="r1#00")
+    started = time.monotonic()
     with pytest.raises(LimiterUnavailable):
         await limiter.settle(lease, actual_tokens=20, now=T0)
+    assert 0.5 <= time.monotonic() - started < 3  # retried, then gave up
+    await limiter.aclose()
+
+
+TOKENS_AND_SLOT = Limits(tokens_per_minute=150, max_concurrent_requests=1)
+
+
+def own_limiter(redis_url: str) -> RedisRateLimiter:
+    prefix = f"t-{uuid.uuid4().hex}:"
+    return RedisRateLimiter(
+        redis_client(redis_url, PATIENT), lease_ttl_s=LEASE_TTL_S, prefix=prefix
+    )
+
+
+def flaky_settles(limiter: RedisRateLimiter, failures: int, *, script_runs: bool) -> None:
+    """The limiter's next `failures` settles time out: after the script ran, or before."""
+    script = limiter._settle
+    left = [failures]
+
+    async def flaky(**kwargs):
+        if left[0] == 0:
+            return await script(**kwargs)
+        left[0] -= 1
+        if script_runs:
+            await script(**kwargs)
+        raise redis.exceptions.TimeoutError("Timeout reading from socket")
+
+    limiter._settle = flaky
+
+
+async def test_a_settle_that_fails_while_redis_is_away_frees_the_slot_once_it_is_back(redis_url):
+    limiter = own_limiter(redis_url)
+    first = await admit(limiter, TOKENS_AND_SLOT, T0, tokens=100)
+    flaky_settles(limiter, 2, script_runs=False)
+    await limiter.settle(first.lease, actual_tokens=30, now=T0 + 1)
+    assert (await admit(limiter, TOKENS_AND_SLOT, T0 + 2, tokens=120)).admitted
+    await limiter.aclose()
+
+
+async def test_a_settle_whose_reply_was_lost_is_retried_and_corrects_the_charge_once(redis_url):
+    limiter = own_limiter(redis_url)
+    first = await admit(limiter, TOKENS_AND_SLOT, T0, tokens=100)
+    flaky_settles(limiter, 1, script_runs=True)
+    await limiter.settle(first.lease, actual_tokens=30, now=T0 + 1)
+    # 30 tokens used: twice corrected, the window would read -40 and admit 121.
+    assert not (await admit(limiter, TOKENS_AND_SLOT, T0 + 2, tokens=121)).admitted
+    assert (await admit(limiter, TOKENS_AND_SLOT, T0 + 2, tokens=120)).admitted
     await limiter.aclose()
 
 
@@ -488,9 +538,6 @@ async def test_a_tenant_without_limits_never_waits_on_redis():
     assert admission.admitted
     await limiter.settle(admission.lease, actual_tokens=5, now=T0)
     await limiter.aclose()
-
-
-TOKENS_AND_SLOT = Limits(tokens_per_minute=150, max_concurrent_requests=1)
 
 
 async def lost_admission(limiter: RedisRateLimiter, tokens: int) -> Lease:

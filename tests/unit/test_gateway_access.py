@@ -216,7 +216,8 @@ async def test_a_lost_limiter_reply_when_failing_open_is_served_and_billed_its_r
 
 
 def unreachable_limiter() -> RedisRateLimiter:
-    return RedisRateLimiter(redis_client(f"redis://127.0.0.1:{free_port()}/0"), lease_ttl_s=30)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    return RedisRateLimiter(redis_client(url), lease_ttl_s=30, settle_retry_s=0)
 
 
 async def test_with_redis_down_failing_closed_refuses_with_503_and_retry_after(keys_path):
@@ -423,3 +424,21 @@ async def test_a_404_lists_only_the_models_the_tenant_may_use(gateway, team_key)
         error = error_of(await c.post(CHAT, json=chat_body("gpt-4")), 404)
     assert error["message"].endswith("available models: gemma-4-26b-a4b-it, gemma-4")
     assert DENSE not in error["message"]
+
+
+async def test_closing_waits_for_the_settles_still_in_flight(keys_path):
+    key = create_key(keys_path, "team-d", models=["*"], max_concurrent_requests=1)
+    gateway = Gateway(keys_path)
+    limiter = gateway.access._limiter
+    settle = limiter.settle
+
+    async def slow_settle(*args, **kwargs):
+        await asyncio.sleep(0.2)  # a Redis round trip, slow
+        await settle(*args, **kwargs)
+
+    limiter.settle = slow_settle
+    assert (await gateway.chat(key)).status_code == 200  # its settle is now in flight
+    await gateway.access.aclose(timeout_s=5)
+    limiter.settle = settle
+    principal = gateway.access.authenticate({"authorization": f"Bearer {key}"})
+    assert (await gateway.access.admit(principal, "next", 10)).admitted  # the slot was freed

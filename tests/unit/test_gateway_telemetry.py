@@ -311,3 +311,30 @@ async def test_a_client_that_leaves_before_the_usage_chunk_is_billed_for_what_it
     assert outcome.status == 499
     # The token whose send failed counts too: it was generated for this client.
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (12, 2)
+
+
+async def test_a_client_that_leaves_during_upload_is_counted_as_client_closed(backend, recorder):
+    app = create_app(Settings(), backend, lambda: None, recorder=recorder)
+    sent: list[dict] = []
+    messages = iter(
+        [
+            {"type": "http.request", "body": b'{"model": "gemma-4", "mess', "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": CHAT, "raw_path": CHAT.encode(),
+        "query_string": b"", "headers": [(b"content-type", b"application/json")],
+        "http_version": "1.1", "scheme": "http", "server": ("gw", 80), "client": ("c", 1),
+    }  # fmt: skip
+    await app(scope, receive, send)
+    (outcome,) = recorder.outcomes
+    assert outcome.status == 499
+    assert backend.calls == []

@@ -37,6 +37,11 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+# What a Redis call raises when the store is slow, down or cut off. Under uvloop, a connection
+# Redis (or the network) closed mid-command raises RuntimeError ("unable to perform operation on
+# <TCPTransport closed=True>") rather than a RedisError: seen with the store cut under load.
+STORE_ERRORS = (RedisError, OSError, RuntimeError)
+
 WINDOW_S = 60
 # Buckets are read back for WINDOW_S; a hash outlives its last write by twice that, so an idle
 # tenant's counters disappear on their own without ever expiring a live bucket.
@@ -548,7 +553,7 @@ class RedisRateLimiter:
         keys = [*self.keys(tenant), self.record_key(tenant, record)]
         try:
             reply = await self._admit(keys=keys, args=args)
-        except (RedisError, OSError) as error:
+        except STORE_ERRORS as error:
             tpm = limits.tokens_per_minute is not None
             pending = Lease(tenant, request_id, None, estimated_tokens, tpm, slot, record)
             raise LimiterUnavailable(
@@ -593,7 +598,7 @@ class RedisRateLimiter:
             try:
                 await self._settle(keys=[tokens, concurrency, record], args=args)
                 return
-            except (RedisError, OSError) as error:
+            except STORE_ERRORS as error:
                 if time.monotonic() + delay > give_up_at:
                     raise LimiterUnavailable(f"rate limit store unavailable: {error!r}") from error
             await asyncio.sleep(delay)

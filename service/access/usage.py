@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from service.access.limits import RedisOptions, redis_client
+from service.access.limits import STORE_ERRORS, RedisOptions, redis_client
 
 MINUTE_S = 60
 RETENTION_S = 25 * 3600  # a day's report, plus slack for a late admin
@@ -178,7 +177,7 @@ class RedisUsageStore:
                 pipe.hincrby(key, base + "completion_tokens", completion_tokens)
                 pipe.expire(key, ttl_s)
                 await pipe.execute()
-        except (RedisError, OSError) as error:
+        except STORE_ERRORS as error:
             raise UsageUnavailable(f"usage store unavailable: {error!r}") from error
 
     async def report(self, window_s: int, now: float | None = None) -> list[UsageRow]:
@@ -189,7 +188,7 @@ class RedisUsageStore:
                 for start in minutes:
                     pipe.hgetall(self.key(start))
                 hashes = await pipe.execute()
-        except (RedisError, OSError) as error:
+        except STORE_ERRORS as error:
             raise UsageUnavailable(f"usage store unavailable: {error!r}") from error
         totals: dict[tuple[str, str], dict[str, int]] = {}
         for fields in hashes:

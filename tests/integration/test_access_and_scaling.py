@@ -6,8 +6,11 @@ because a stack start is the most expensive step of the suite.
 Runs first among the integration modules (file order) and alone: the session stack starts after
 it."""
 
+from __future__ import annotations
+
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,10 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from service.access.keys import create_key, revoke_key
-from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX
-from service.cli import start_service, stop_service
+from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX, build_app
+from service.cli import local_placement, start_service, stop_service
 from service.local_ports import free_port
 from service.routing.load import DRAIN_BUCKET_S
 from service.settings import Settings
@@ -43,6 +47,13 @@ RPM = 60
 BURST, BURST_S = 120, 20
 REQUESTS = 20
 SLOTS_TENANT, SLOTS = "slots", 4
+FAULTS_TENANT, FAULT_CLIENTS = "faults", 4
+# How long each Redis fault lasts: short in `make test`, a minute in `make reliability`.
+REDIS_FAULT_S = float(os.environ.get("RELIABILITY_REDIS_FAULT_S", "6"))
+# A config change replaces every replica, engines included: one to four minutes here.
+long_run = pytest.mark.skipif(
+    os.environ.get("RELIABILITY_LONG") != "1", reason="long: runs in `make reliability`"
+)
 BURST_AT_ONCE = 150
 LOAD_CLIENTS = 6  # three times what two replicas are meant to hold (target 2 each)
 # A replica starting under load shares both cores with it: 115 s here, more on slower CI
@@ -88,6 +99,11 @@ def shared_stack(tmp_path_factory):
         stack = SharedStack(settings, keys, audit, redis_url, proxy)
         stack.team = create_key(keys, "team-a", models=["gemma-4", DENSE])
         stack.slots = create_key(keys, SLOTS_TENANT, models=[DENSE], max_concurrent_requests=SLOTS)
+        # Limits that never bind but put every admission through Redis.
+        stack.faults = create_key(
+            keys, FAULTS_TENANT, models=[DENSE], requests_per_minute=100_000,
+            max_concurrent_requests=4 * FAULT_CLIENTS,
+        )  # fmt: skip
         stack.limited = create_key(keys, "limited", models=["*"], requests_per_minute=RPM)
         stack.admin = create_key(keys, None, admin=True)
         # Its own tenant for the counting test: no other request is in its series.
@@ -108,7 +124,8 @@ class SharedStack:
         self.redis_url, self.redis = redis_url, proxy
         self.base = f"http://127.0.0.1:{settings.server.port}"
         self.metrics_url = f"http://127.0.0.1:{settings.telemetry.metrics_port}/metrics"
-        self.team = self.limited = self.admin = self.counting = self.slots = ""
+        self.team = self.limited = self.admin = self.counting = ""
+        self.slots = self.faults = ""
 
     def audited(self, request_id: str) -> dict:
         def entry() -> dict | None:
@@ -317,6 +334,93 @@ def test_a_client_that_leaves_just_before_the_usage_chunk_is_billed_every_token(
     s.assert_nothing_held()
 
 
+Answer = tuple[int, bool, str | None]  # status, stream complete, Retry-After
+
+
+class StreamingLoad:
+    """FAULT_CLIENTS clients streaming short chats back to back until stopped; every answer is
+    kept as (status, complete, retry-after) so a test can say what was broken."""
+
+    def __init__(self, stack: SharedStack):
+        self._stack = stack
+        self._stop = threading.Event()
+        self.answers: list[Answer] = []
+        self._clients = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(FAULT_CLIENTS)
+        ]
+
+    def __enter__(self) -> StreamingLoad:
+        for client in self._clients:
+            client.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for client in self._clients:
+            client.join(timeout=300)
+
+    def _run(self) -> None:
+        headers = {"authorization": f"Bearer {self._stack.faults}"}
+        with httpx.Client(base_url=self._stack.base, headers=headers, timeout=300) as http:
+            while not self._stop.is_set():
+                self.answers.append(stream_once(http, stream_body(16)))
+
+    def since(self, start: int) -> list[Answer]:
+        return self.answers[start:]
+
+
+def stream_once(http: httpx.Client, body: dict) -> Answer:
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        lines = list(response.iter_lines())
+    complete = response.status_code != 200 or "data: [DONE]" in lines
+    return response.status_code, complete, response.headers.get("retry-after")
+
+
+def run_redis_faults(s: SharedStack, load: StreamingLoad) -> dict[str, list[Answer]]:
+    """Redis slow (0.6 s, past the 0.5 s timeouts), then down, then back empty, each for
+    REDIS_FAULT_S; the answers the load got in each phase."""
+    phases: dict[str, list[Answer]] = {}
+
+    def phase(name: str) -> None:
+        start = len(load.answers)
+        time.sleep(REDIS_FAULT_S)
+        phases[name] = load.since(start)
+
+    s.redis.delay_s = 0.6
+    phase("slow")
+    s.redis.delay_s = 0.0
+    s.redis.down()
+    phase("down")
+    with redis.Redis.from_url(s.redis_url) as store:
+        store.flushall()  # what a Redis restarted without persistence holds
+    s.redis.up()
+    phase("back empty")
+    return phases
+
+
+def broken(answers: list[Answer]) -> list[Answer]:
+    """Answers that are neither a complete 200 nor a 503 with Retry-After."""
+    return [a for a in answers if not a[1] or a[0] not in (200, 503) or (a[0] == 503 and not a[2])]
+
+
+def report(mode: str, phases: dict[str, list[Answer]]) -> None:
+    parts = [f"{name}: {sum(a[0] == 200 for a in got)} of {len(got)} served"
+             for name, got in phases.items()]  # fmt: skip
+    print(f"\nRedis faults, failing {mode}, {REDIS_FAULT_S:.0f} s each: " + "; ".join(parts))
+
+
+def test_redis_slow_down_and_back_empty_under_load_failing_open_serves_everything(shared_stack):
+    s = shared_stack
+    assert s.settings.access.on_store_error == "open"
+    with StreamingLoad(s) as load:
+        phases = run_redis_faults(s, load)
+    report("open", phases)
+    for name, answers in phases.items():
+        assert answers and {a[0] for a in answers} == {200}, (name, answers[:5])
+        assert not broken(answers), name
+    s.assert_nothing_held(FAULTS_TENANT)
+
+
 def test_keys_never_reach_logs_or_metrics(shared_stack):
     import ray
 
@@ -435,3 +539,47 @@ def test_a_burst_past_the_counts_that_the_pool_drains_in_time_is_queued_not_refu
           f"{burst.count(200)} served, {len(burst) - burst.count(200)} refused")  # fmt: skip
     assert set(warmed) == {200}
     assert burst.count(200) == BURST_AT_ONCE, sorted(set(burst))
+
+
+@long_run
+def test_a_config_change_under_streaming_load_fails_no_request_and_leaks_no_slot(shared_stack):
+    """Serve replaces every replica (the pool's engine too: the application's code version
+    changes with its arguments, on a RayService as here); the old ones drain what they carry."""
+    from ray import serve
+
+    s = shared_stack
+    changed = s.settings.model_copy(
+        update={"access": s.settings.access.model_copy(update={"on_store_error": "closed"})}
+    )
+    with StreamingLoad(s) as load:
+        time.sleep(2)
+        started = time.monotonic()
+        serve.run(build_app(local_placement(changed)), name=APP_NAME, route_prefix="/")
+        rolled_s = time.monotonic() - started
+        during = len(load.answers)
+        time.sleep(3)
+    s.settings = changed
+    statuses = sorted({a[0] for a in load.answers})
+    print(f"\nconfig change under load: rolled in {rolled_s:.0f} s; {during} answers by then, "
+          f"{len(load.answers)} in all; statuses {statuses}")  # fmt: skip
+    assert statuses == [200] and not broken(load.answers)
+    s.assert_nothing_held(FAULTS_TENANT)
+
+
+@long_run
+def test_redis_slow_down_and_back_empty_under_load_failing_closed_refuses_cleanly(
+    shared_stack,
+):
+    s = shared_stack
+    assert s.settings.access.on_store_error == "closed"
+    with StreamingLoad(s) as load:
+        phases = run_redis_faults(s, load)
+        recovered = len(load.answers)
+        time.sleep(3)
+        after = load.since(recovered)
+    report("closed", phases)
+    for name, answers in phases.items():
+        assert answers and not broken(answers), (name, broken(answers)[:5])
+    assert {a[0] for a in phases["slow"] + phases["down"]} == {503}
+    assert after and {a[0] for a in after} == {200}
+    s.assert_nothing_held(FAULTS_TENANT)

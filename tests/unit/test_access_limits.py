@@ -599,3 +599,15 @@ async def test_after_redis_restarts_empty_the_next_admission_works_and_counts_fr
     with redis_server(port=port):  # back, empty, on the same address
         assert (await admit(limiter, limits, None)).admitted
     await limiter.aclose()
+
+
+async def test_a_connection_cut_mid_command_under_uvloop_is_limiter_unavailable(redis_url):
+    limiter = own_limiter(redis_url)
+
+    async def cut(**kwargs):  # what redis-py raises under uvloop when its transport was closed
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    limiter._admit = cut
+    with pytest.raises(LimiterUnavailable):
+        await admit(limiter, TOKENS_AND_SLOT, T0, tokens=10)
+    await limiter.aclose()

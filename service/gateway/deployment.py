@@ -93,7 +93,11 @@ class Gateway:
     async def _refresh_replicas(self) -> None:
         self._replicas = await asyncio.to_thread(_running_replicas, self._deployment_names)
         self._loads.set_replicas(self._replicas)
-        self._refreshed_at = time.monotonic()
+        now = time.monotonic()
+        if (gap := now - self._refreshed_at) > self._settings.routing.stats_max_age_s > 0:
+            if self._refreshed_at:  # not the first
+                log.warning("pool replica counts were %.0f s old; shedding was off meanwhile", gap)
+        self._refreshed_at = now
 
     async def _sample_engine(self, pool_id: str) -> None:
         """One replica's scheduler figures; a slow or failed answer just leaves them stale."""

@@ -116,7 +116,6 @@ class LoadTracker:
         self._ongoing = dict.fromkeys(pool_ids, 0)
         self._slots = dict(slots_per_replica or {})
         self._replicas = dict.fromkeys(pool_ids, 1)
-        self._replicas_at = self._clock()
         self._engine: dict[str, EngineSample] = {}
         self._drained = {pool_id: DrainMeter() for pool_id in pool_ids}
         self._max_age_s = max_age_s
@@ -126,7 +125,6 @@ class LoadTracker:
 
     def set_replicas(self, replicas: Mapping[str, int]) -> None:
         self._replicas.update(replicas)
-        self._replicas_at = self._clock()
 
     def started(self, pool_id: str) -> Finish:
         self._ongoing[pool_id] += 1
@@ -144,7 +142,6 @@ class LoadTracker:
                 ongoing=ongoing,
                 queued=self._queued(pool_id, now),
                 kv_usage=sample.kv_cache_usage if sample else 0.0,
-                age_s=now - self._replicas_at,
                 drain_rate=None if per_replica is None else per_replica * max(1, replicas),
             )
         return loads

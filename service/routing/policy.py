@@ -37,13 +37,12 @@ class PoolInfo:
 
 @dataclass(frozen=True)
 class PoolLoad:
-    """Live load of one pool; `age_s` is how old the newest figure is."""
+    """Live load of one pool."""
 
     replicas: int
     ongoing: int  # requests sent to the pool and not finished (running + queued)
     queued: int = 0  # waiting to start: in the engines' queues and at Serve's router
     kv_usage: float = 0.0
-    age_s: float = 0.0
     drain_rate: float | None = None  # requests/s the pool has shown it finishes; None: unknown
 
     @property
@@ -70,7 +69,6 @@ class Thresholds:
     max_queued_per_replica: int = 8
     max_queue_wait_s: float | None = 20.0  # None: the counts alone decide
     max_kv_usage: float = 0.95
-    stats_max_age_s: float = 10.0
     retry_after_s: int = 2
 
 
@@ -187,13 +185,17 @@ def spill_over(
 
 
 def is_saturated(load: PoolLoad | None, t: Thresholds) -> bool:
-    """Stale or missing figures never saturate a pool: routing fails open, not closed.
+    """A missing load, or engine figures gone stale (dropped by the tracker), never saturates
+    a pool: routing fails open on what it cannot see. The in-flight counts are exact, though,
+    and a replica count the controller has not refreshed lately is still the best one known:
+    they decide even then (a gateway whose controller reads lag under a burst of 1,000 streams
+    had stopped shedding exactly when it mattered).
 
     The request counts are where shedding may begin, not where it must: a pool past them
     still takes a request whose predicted wait is within `max_queue_wait_s`. A burst a pool
     drains in seconds is queued, not refused; one it would take minutes over is refused at
     once, with Retry-After, rather than timing out later."""
-    if load is None or load.age_s > t.stats_max_age_s:
+    if load is None:
         return False
     if load.replicas == 0:
         return False  # scaled to zero: the request wakes it up

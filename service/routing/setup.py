@@ -36,7 +36,6 @@ def build_policy(settings: Settings) -> RoutingPolicy:
             else min(r.max_queue_wait_s, settings.server.request_timeout_s)
         ),
         max_kv_usage=r.max_kv_usage,
-        stats_max_age_s=r.stats_max_age_s,
         retry_after_s=r.retry_after_s,
     )
     return RoutingPolicy(pools=pools, steps=tuple(r.steps), thresholds=thresholds)

@@ -146,7 +146,6 @@ def test_spill_over_refuses_with_503_when_every_pool_is_saturated():
         (busy(ongoing=0, queued=8), False),  # a full queue, not yet an overflowing one
         (busy(ongoing=0, queued=9), True),
         (busy(ongoing=0, kv_usage=0.97), True),
-        (busy(ongoing=100, age_s=60), False),  # stale figures never saturate
         (busy(ongoing=100, replicas=0), False),  # scaled to zero: the request wakes it
     ],
 )

@@ -96,7 +96,7 @@ class Gateway:
         now = time.monotonic()
         if (gap := now - self._refreshed_at) > self._settings.routing.stats_max_age_s > 0:
             if self._refreshed_at:  # not the first
-                log.warning("pool replica counts were %.0f s old; shedding was off meanwhile", gap)
+                log.warning("pool replica counts were %.0f s old: the controller answers late", gap)
         self._refreshed_at = now
 
     async def _sample_engine(self, pool_id: str) -> None:

@@ -305,29 +305,32 @@ def test_a_client_that_leaves_before_its_first_token_is_aborted_in_the_engine(sh
     s.assert_nothing_held()
 
 
-def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(shared_stack):
-    s = shared_stack
-    rid = request_id("mid-stream")
+def leave_stream(s: SharedStack, stage: str, max_tokens: int, stop: Callable[[dict], bool]) -> dict:
+    """Streams a chat as the slots tenant, leaves at the first event `stop` accepts, and
+    returns the request's audit entry."""
+    rid = request_id(stage)
     headers = {"authorization": f"Bearer {s.slots}", "x-request-id": rid}
     with httpx.Client(base_url=s.base, headers=headers, timeout=60) as http:
-        seen = content_events()
-        read_stream(http, stream_body(500), lambda event: seen(event) == 10)
-    entry = s.audited(rid)
+        read_stream(http, stream_body(max_tokens), stop)
+    return s.audited(rid)
+
+
+def finish_reason(event: dict) -> str | None:
+    return (event.get("choices") or [{}])[0].get("finish_reason")
+
+
+def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(shared_stack):
+    seen = content_events()
+    entry = leave_stream(shared_stack, "mid-stream", 500, lambda event: seen(event) == 10)
     assert 10 <= entry["completion_tokens"] < 500, entry
     assert entry["prompt_tokens"] > 0
-    s.assert_nothing_held()
+    shared_stack.assert_nothing_held()
 
 
 def test_a_client_that_leaves_just_before_the_usage_chunk_is_billed_every_token(shared_stack):
-    s = shared_stack
-    rid = request_id("before-usage")
-    headers = {"authorization": f"Bearer {s.slots}", "x-request-id": rid}
-    with httpx.Client(base_url=s.base, headers=headers, timeout=60) as http:
-        finished = lambda event: (event.get("choices") or [{}])[0].get("finish_reason")  # noqa: E731
-        read_stream(http, stream_body(8), finished)
-    entry = s.audited(rid)
+    entry = leave_stream(shared_stack, "before-usage", 8, finish_reason)
     assert entry["completion_tokens"] == 8, entry
-    s.assert_nothing_held()
+    shared_stack.assert_nothing_held()
 
 
 Answer = tuple[int, bool, str | None]  # status, stream complete, Retry-After

@@ -315,8 +315,8 @@ def leave_stream(s: SharedStack, stage: str, max_tokens: int, stop: Callable[[di
     return s.audited(rid)
 
 
-def finish_reason(event: dict) -> str | None:
-    return (event.get("choices") or [{}])[0].get("finish_reason")
+def finished(event: dict) -> bool:
+    return bool((event.get("choices") or [{}])[0].get("finish_reason"))
 
 
 def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(shared_stack):
@@ -328,7 +328,7 @@ def test_a_client_that_leaves_mid_stream_is_billed_and_audited_for_what_it_got(s
 
 
 def test_a_client_that_leaves_just_before_the_usage_chunk_is_billed_every_token(shared_stack):
-    entry = leave_stream(shared_stack, "before-usage", 8, finish_reason)
+    entry = leave_stream(shared_stack, "before-usage", 8, finished)
     assert entry["completion_tokens"] == 8, entry
     shared_stack.assert_nothing_held()
 

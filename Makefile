@@ -92,7 +92,8 @@ bench-burst: $(STAMP)
 bench-grammar: $(STAMP) build-tiny
 	$(BIN)/python benchmarks/grammar_compile.py $(ARGS)
 
-# Starts the embedded default itself: 30 minutes of mixed load, RSS and fd slopes of every process.
+# Starts the embedded default itself: 42 minutes of mixed load, RSS and fd slopes of every process
+# over the second half.
 soak: $(STAMP) system-deps build-tiny
 	$(BIN)/python benchmarks/soak.py $(ARGS)
 

@@ -8,6 +8,7 @@ import logging
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from ray.exceptions import TaskCancelledError
 from starlette.requests import ClientDisconnect, Request
 from vllm.exceptions import VLLMValidationError
 
@@ -35,7 +36,8 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
             if size > max_bytes:
                 raise PayloadTooLarge(_too_large(size, max_bytes, at_least=True))
             chunks.append(chunk)
-    except ClientDisconnect:
+    # Serve's proxy reports a client gone mid-body either way, depending on timing.
+    except (ClientDisconnect, TaskCancelledError):
         raise ClientClosed(f"the client left after sending {size} bytes of the body") from None
     raw = b"".join(chunks)
     if not raw.strip():

@@ -75,9 +75,10 @@ class DrainMeter:
 
     def _last_full_bucket(self, now: float) -> _Bucket | None:
         previous = now // DRAIN_BUCKET_S - 1
-        for bucket in list(self._buckets)[-2:]:
-            if bucket.index == previous:
-                return bucket
+        # The newest bucket, or the one before it when the current bucket has begun.
+        for back in (1, 2):
+            if len(self._buckets) >= back and self._buckets[-back].index == previous:
+                return self._buckets[-back]
         return None
 
     def _forget(self, now: float) -> None:

@@ -10,6 +10,7 @@ the rest keeps both.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -21,16 +22,26 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 )
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
-from ray.serve.llm.openai_api_models import ErrorResponse
+from ray.serve.llm.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+)
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from service import context_budget
-from service.autoscaling.serve_policy import ENGINE_WAITING, KV_CACHE_USAGE
+from service import context_budget, replica_directory
+from service.autoscaling.serve_policy import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
 from service.grammar import specs
 from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
+from service.pool_http import PoolHttpServer
+from service.replica_directory import ReplicaEntry
 from service.streaming import carries_output
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+# After withdrawing, a replica keeps serving while gateways still hold its old entry.
+DRAIN_GRACE_S = 2 * replica_directory.ANNOUNCE_EVERY_S + 1
+POOL_HTTP_ENV = "GEMMA_SERVE_POOL_HTTP"
 
 
 class FirstTokenBatcher(Batcher[T]):
@@ -108,8 +119,52 @@ class PoolServer(LLMServer):
         if getattr(self.engine, "_oai_serving_tokenization", False) is None:
             state = getattr(self.engine, "_app_state", None)
             self.engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)
+        await self._serve_http()
+
+    async def _serve_http(self) -> None:
+        """vLLM's own app on a port of this node, announced to the gateways (the data plane)."""
+        import ray
+        from ray import serve
+
+        if os.environ.get(POOL_HTTP_ENV, "1") == "0":
+            return  # only to measure the Ray-handle path against this one (benchmarks/)
+        app = await self.engine.build_asgi_app()
+        self._http = PoolHttpServer(app, self._http_check)
+        await self._http.start(ray.util.get_node_ip_address())
+        context = serve.get_replica_context()
+        self._app_name = context.app_name
+        self._replica_id = context.replica_id.unique_id
+        self._announcer = asyncio.create_task(self._announce_forever())
+
+    async def _announce_forever(self) -> None:
+        while True:
+            stats = self._stats
+            entry = ReplicaEntry(
+                pool_id=self._llm_config.model_id,
+                replica_id=self._replica_id,
+                url=self._http.url,
+                ongoing=self._http.guard.ongoing,
+                waiting=stats.waiting,
+                kv_cache_usage=stats.kv_cache_usage,
+                at=time.time(),
+            )
+            try:
+                await asyncio.to_thread(replica_directory.announce, self._app_name, entry)
+            except Exception:  # the GCS may be restarting: the next beat tries again
+                log.warning("could not announce this pool replica", exc_info=True)
+            await asyncio.sleep(replica_directory.ANNOUNCE_EVERY_S)
 
     async def __del__(self) -> None:
+        """Serve calls this when the replica is removed: gateways stop sending to it, the
+        requests they sent finish, then the engine stops."""
+        if getattr(self, "_announcer", None) is not None:
+            self._announcer.cancel()
+            pool_id = self._llm_config.model_id
+            await asyncio.to_thread(
+                replica_directory.withdraw, self._app_name, pool_id, self._replica_id
+            )
+            timeout_s = self._llm_config.deployment_config.get("graceful_shutdown_timeout_s", 20)
+            await self._http.drain(DRAIN_GRACE_S, timeout_s)
         if getattr(self, "_grammar", None) is not None:
             self._grammar.close()
         await super().__del__()
@@ -118,12 +173,26 @@ class PoolServer(LLMServer):
         return FirstTokenBatcher(generator, interval_ms=self._get_batch_interval_ms()).stream()
 
     async def chat(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
-        if error := await self._grammar_refusal(request):
+        if error := await self._refusal(request):
             return _single(error)
+        return await super().chat(request, raw_request_info)
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
+        if error := await self._refusal(request):
+            return _single(error)
+        return await super().completions(request, raw_request_info)
+
+    async def _refusal(self, request: Any) -> Any:
+        """An ErrorResponse for a grammar too slow to compile or a prompt that with its
+        max_tokens overflows the context (vLLM would shorten max_tokens silently)."""
+        if error := await self._grammar_refusal(request):
+            return error
         max_tokens = context_budget.requested_output(request)
-        if max_tokens is not None and self._may_overflow(
-            context_budget.chat_prompt_bound(request), max_tokens
-        ):
+        if max_tokens is None:
+            return None
+        if isinstance(request, ChatCompletionRequest):
+            if not self._may_overflow(context_budget.chat_prompt_bound(request), max_tokens):
+                return None
             counted = await self._count(
                 TokenizeChatRequest(
                     model=request.model,
@@ -135,34 +204,40 @@ class PoolServer(LLMServer):
                     chat_template_kwargs=request.chat_template_kwargs,
                 )
             )
-            if error := self._overflow(counted, max_tokens, "messages"):
-                return _single(error)
-        return await super().chat(request, raw_request_info)
-
-    async def completions(self, request: Any, raw_request_info: Any = None) -> AsyncIterator[Any]:
-        if error := await self._grammar_refusal(request):
-            return _single(error)
-        max_tokens = context_budget.requested_output(request)
+            return self._overflow(counted, max_tokens, "messages")
         bounds = context_budget.completion_prompt_bounds(request)
-        if max_tokens is not None and any(self._may_overflow(b, max_tokens) for b in bounds):
-            prompts = request.prompt
-            if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
-                prompts = [prompts]
-            for prompt in prompts:
-                counted = (
-                    len(prompt)
-                    if isinstance(prompt, list)
-                    else await self._count(
-                        TokenizeCompletionRequest(
-                            model=request.model,
-                            prompt=prompt,
-                            add_special_tokens=request.add_special_tokens,
-                        )
+        if not any(self._may_overflow(b, max_tokens) for b in bounds):
+            return None
+        prompts = request.prompt
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        for prompt in prompts:
+            counted = (
+                len(prompt)
+                if isinstance(prompt, list)
+                else await self._count(
+                    TokenizeCompletionRequest(
+                        model=request.model,
+                        prompt=prompt,
+                        add_special_tokens=request.add_special_tokens,
                     )
                 )
-                if error := self._overflow(counted, max_tokens, "prompt"):
-                    return _single(error)
-        return await super().completions(request, raw_request_info)
+            )
+            if error := self._overflow(counted, max_tokens, "prompt"):
+                return error
+        return None
+
+    async def _http_check(self, endpoint: str, body: bytes) -> tuple[int, dict[str, Any]] | None:
+        """The same checks for a request that came over the replica's own HTTP server."""
+        model = ChatCompletionRequest if endpoint == "chat" else CompletionRequest
+        try:
+            request = model.model_validate_json(body)
+        except ValueError:
+            return None  # vLLM's app answers a body it cannot parse itself
+        error = await self._refusal(request)
+        if error is None:
+            return None
+        return int(error.error.code), error.model_dump(mode="json")
 
     async def _grammar_refusal(self, request: Any) -> Any:
         """A 400 when the request's grammar compiles past the pool's limit; the compile also
@@ -202,12 +277,16 @@ class PoolServer(LLMServer):
         )
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
-        """Engine figures for the autoscaling policy (service/autoscaling/serve_policy.py);
-        nothing until the engine has reported once."""
+        """Figures for the autoscaling policy (service/autoscaling/serve_policy.py): the
+        requests on the replica's own HTTP server (Serve counts only those through its
+        handles), and the engine's, once it has reported."""
+        figures = {}
+        if getattr(self, "_http", None) is not None:
+            figures[HTTP_ONGOING] = float(self._http.guard.ongoing)
         stats = getattr(self, "_stats", None)
-        if stats is None or stats.at is None:
-            return {}
-        return {ENGINE_WAITING: float(stats.waiting), KV_CACHE_USAGE: stats.kv_cache_usage}
+        if stats is not None and stats.at is not None:
+            figures |= {ENGINE_WAITING: float(stats.waiting), KV_CACHE_USAGE: stats.kv_cache_usage}
+        return figures
 
     async def engine_load(self) -> dict[str, Any]:
         """This replica's engine load: requests held, and the scheduler's latest figures

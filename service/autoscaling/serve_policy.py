@@ -23,6 +23,8 @@ STATE_KEY = "gemma_serve"
 # Names of the figures PoolServer.record_autoscaling_stats reports.
 ENGINE_WAITING = "engine_waiting"
 KV_CACHE_USAGE = "kv_cache_usage"
+# Requests a replica serves over its own HTTP server, which Serve's request counts miss.
+HTTP_ONGOING = "http_ongoing"
 PROMETHEUS_FETCH_INTERVAL_S = 5.0
 PROMETHEUS_MAX_AGE_S = 30.0
 
@@ -71,11 +73,12 @@ def signals_from_context(ctx: Any, ttft_p95_s: float | None) -> Signals:
     metrics = ctx.aggregated_metrics or {}
     waiting = metrics.get(ENGINE_WAITING) or {}
     kv = metrics.get(KV_CACHE_USAGE) or {}
+    http = metrics.get(HTTP_ONGOING) or {}
     return Signals(
         now=ctx.current_time or time.time(),
         current_replicas=ctx.current_num_replicas,
         target_replicas=ctx.target_num_replicas,
-        ongoing_requests=float(ctx.total_num_requests or 0.0),
+        ongoing_requests=float(ctx.total_num_requests or 0.0) + float(sum(http.values())),
         engine_waiting=float(sum(waiting.values())) if waiting else None,
         kv_cache_usage=float(max(kv.values())) if kv else None,
         ttft_p95_s=ttft_p95_s,

@@ -161,6 +161,7 @@ def create_app(
             request_id=request.headers.get(REQUEST_ID_HEADER, ""),
             headers=headers,
             strip_usage=_ask_for_usage(body),
+            checks=needs_pool_checks(body, catalog.max_model_len(pool)),
             finish=loads.started(pool.id),
         )
 
@@ -254,6 +255,22 @@ def fit_output(cap: int, body: Any, max_model_len: int) -> int:
     else:
         prompt = max(context_budget.completion_prompt_bounds(body), default=0)
     return max(1, min(cap, max_model_len - prompt))
+
+
+def needs_pool_checks(body: Any, max_model_len: int) -> bool:
+    """Whether the pool must count the prompt (with max_tokens it may overflow the context)
+    or compile a grammar (under its time limit) before it generates; most requests need
+    neither, and skip the pool's parse of the body."""
+    if body.response_format is not None or body.structured_outputs is not None:
+        return True
+    max_tokens = context_budget.requested_output(body)
+    if max_tokens is None:
+        return False
+    if isinstance(body, ChatCompletionRequest):
+        bounds = [context_budget.chat_prompt_bound(body)]
+    else:
+        bounds = context_budget.completion_prompt_bounds(body)
+    return any(bound + max_tokens > max_model_len for bound in bounds)
 
 
 def _prompt_text(body: Any) -> str:

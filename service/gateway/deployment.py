@@ -12,8 +12,10 @@ from ray import serve
 from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.handle import DeploymentHandle
 
+from service import catalog, replica_directory
 from service.access.gate import build_access
 from service.gateway.api import create_app
+from service.gateway.http_backend import HttpBackend
 from service.routing.load import EngineSample
 from service.routing.setup import build_load_tracker
 from service.settings import Settings
@@ -34,7 +36,15 @@ class HandleBackend:
     def __init__(self, handles: dict[str, DeploymentHandle]):
         self._handles = {pool_id: h.options(stream=True) for pool_id, h in handles.items()}
 
-    def stream(self, pool_id: str, method: str, request: Any, trace_headers: dict[str, str]) -> Any:
+    def stream(
+        self,
+        pool_id: str,
+        method: str,
+        request: Any,
+        trace_headers: dict[str, str],
+        checks: bool = False,
+        request_id: str = "",
+    ) -> Any:
         # Only trace context travels on (credentials stay here); the engine's request id
         # is Serve's, which is the client's x-request-id.
         info = RawRequestInfo(headers=trace_headers) if trace_headers else None
@@ -45,7 +55,13 @@ class HandleBackend:
 class Gateway:
     def __init__(self, settings: Settings, pools: dict[str, DeploymentHandle]):
         self._settings = settings
-        self._backend = HandleBackend(pools)
+        self._backend = HttpBackend(
+            HandleBackend(pools),
+            affinity={
+                p.id: p.prefix_affinity_max_imbalance if catalog.prefix_affinity(p) else None
+                for p in settings.pools
+            },
+        )
         self._pools = pools
         self._deployment_names = {pool_id: h.deployment_name for pool_id, h in pools.items()}
         self._loads = build_load_tracker(settings)
@@ -72,6 +88,7 @@ class Gateway:
         if hasattr(self, "_access"):  # the app was built
             self._refresher.cancel()
             await self._access.aclose(SETTLE_DRAIN_TIMEOUT_S)
+            await self._backend.aclose()
 
     async def _refresh_forever(self) -> None:
         """Running replicas per pool, from the Serve controller: readiness and routing."""
@@ -88,7 +105,29 @@ class Gateway:
         if (keys := self._access.keys_status()) is not None:
             self._recorder.keys_file_stale(keys["error"] is not None)
         await self._refresh_replicas()
-        await asyncio.gather(*(self._sample_engine(p) for p in self._pools))
+        await self._read_directory()
+
+    async def _read_directory(self) -> None:
+        """Each pool replica's address and engine figures, as the replicas announce them."""
+        app_name = serve.get_replica_context().app_name
+        directory = await asyncio.to_thread(replica_directory.read, app_name)
+        self._backend.set_replicas(directory)
+        now_wall, now = time.time(), time.monotonic()
+        for pool_id in self._pools:
+            entries = directory.get(pool_id)
+            if not entries:
+                await self._sample_engine(pool_id)  # a replica may run without announcing yet
+                continue
+            newest = max(e.at for e in entries)
+            self._loads.set_engine(
+                pool_id,
+                EngineSample(
+                    # The tracker scales the per-replica figure by the replica count.
+                    waiting=round(sum(e.waiting for e in entries) / len(entries)),
+                    kv_cache_usage=max(e.kv_cache_usage for e in entries),
+                    at=now - (now_wall - newest),
+                ),
+            )
 
     async def _refresh_replicas(self) -> None:
         self._replicas = await asyncio.to_thread(_running_replicas, self._deployment_names)
@@ -118,7 +157,9 @@ class Gateway:
             await self._refresh_replicas()
         # A pool allowed to scale to zero is ready at zero: a request starts its first replica.
         return {
-            pool.id: pool.replicas.min == 0 or self._replicas.get(pool.id, 0) > 0
+            pool.id: pool.replicas.min == 0
+            or self._replicas.get(pool.id, 0) > 0
+            or self._backend.replica_count(pool.id) > 0
             for pool in self._settings.pools
         }
 

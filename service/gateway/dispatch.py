@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
+import aiohttp
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from service.errors import (
@@ -24,6 +25,7 @@ from service.errors import (
     error_body,
     from_engine_error,
 )
+from service.gateway.http_backend import PoolAnswer
 from service.streaming import carries_output, usage_of
 from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 
@@ -34,10 +36,10 @@ RETRIES_BEFORE_FIRST_ITEM = 1
 
 
 def _replica_lost(exc: BaseException) -> bool:
-    """The replica died or became unreachable: the request never ran to an answer there."""
+    """The replica died, is going, or was unreachable before it answered anything."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    return isinstance(exc, RayActorError | ActorUnavailableError)
+    return isinstance(exc, RayActorError | ActorUnavailableError | aiohttp.ClientConnectionError)
 
 
 class ResponseStream(Protocol):
@@ -48,8 +50,16 @@ class ResponseStream(Protocol):
 
 class PoolBackend(Protocol):
     def stream(
-        self, pool_id: str, method: str, request: Any, trace_headers: dict[str, str]
-    ) -> ResponseStream: ...
+        self,
+        pool_id: str,
+        method: str,
+        request: Any,
+        trace_headers: dict[str, str],
+        checks: bool = False,
+        request_id: str = "",
+    ) -> ResponseStream:
+        """`checks`: the pool must count the prompt or compile the grammar first."""
+        ...
 
 
 async def call_pool(
@@ -62,6 +72,7 @@ async def call_pool(
     request_id: str,
     headers: dict[str, str],
     strip_usage: bool = False,
+    checks: bool = False,
     finish: Callable[[], None] = lambda: None,
 ) -> Response:
     """The pool's answer as JSON or SSE. However the request ends, `finish` runs once (it
@@ -72,7 +83,9 @@ async def call_pool(
     try:
         trace_headers = telemetry.dispatched()
         for attempt in range(1 + RETRIES_BEFORE_FIRST_ITEM):
-            responses = backend.stream(telemetry.pool, method, request, trace_headers)
+            responses = backend.stream(
+                telemetry.pool, method, request, trace_headers, checks, request_id
+            )
             try:
                 async with asyncio.timeout_at(deadline):
                     first = await anext(responses)
@@ -113,6 +126,8 @@ async def call_pool(
     if usage is not None:
         telemetry.usage(usage.prompt_tokens, usage.completion_tokens or 0)
     telemetry.close(200)
+    if isinstance(item, PoolAnswer):  # a replica's own bytes, passed on as they are
+        return Response(item.body, media_type="application/json", headers=headers)
     return JSONResponse(item.model_dump(mode="json"), headers=headers)
 
 

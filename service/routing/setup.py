@@ -42,11 +42,8 @@ def build_policy(settings: Settings) -> RoutingPolicy:
 
 
 def build_load_tracker(settings: Settings) -> LoadTracker:
-    return LoadTracker(
-        [p.id for p in settings.pools],
-        settings.routing.stats_max_age_s,
-        slots_per_replica={p.id: p.max_ongoing_requests for p in settings.pools},
-    )
+    # No router queue: requests go to the replicas' own servers, and wait in their engines.
+    return LoadTracker([p.id for p in settings.pools], settings.routing.stats_max_age_s)
 
 
 def _first(pools: tuple[PoolInfo, ...], architecture: str) -> str:

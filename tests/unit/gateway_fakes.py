@@ -53,7 +53,7 @@ class FakeBackend:
         self.delay_s = 0.0
         self.streams = []
 
-    def stream(self, pool_id, method, request, trace_headers):
+    def stream(self, pool_id, method, request, trace_headers, checks=False, request_id=""):
         self.calls.append((pool_id, method, request))
         self.trace_headers = trace_headers
         items = self.script(request) if self.script else [chat_response(request.model)]

@@ -83,7 +83,7 @@ class HttpStream:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        session: Callable[[], aiohttp.ClientSession],
         url: str,
         body: bytes,
         headers: dict[str, str],
@@ -111,7 +111,7 @@ class HttpStream:
 
     async def _open(self) -> Any:
         try:
-            self._response = await self._session.post(
+            self._response = await self._session().post(
                 self._url, data=self._body, headers=self._headers
             )
         except aiohttp.ClientConnectionError:
@@ -190,7 +190,7 @@ class HttpBackend:
             headers["x-request-id"] = request_id
         if checks:
             headers[CHECK_HEADER] = "1"
-        body = request.model_dump_json(exclude_unset=True).encode()
+        body = request.model_dump_json(exclude_unset=True, by_alias=True).encode()
         url = chosen.url
         self._in_flight[url] = self._in_flight.get(url, 0) + 1
 
@@ -199,7 +199,7 @@ class HttpBackend:
             if failed:
                 self._paused_until[url] = time.monotonic() + FAILED_REPLICA_PAUSE_S
 
-        return HttpStream(self._client(), url + PATHS[method], body, headers, release)
+        return HttpStream(self._client, url + PATHS[method], body, headers, release)
 
     def _candidates(self, pool_id: str) -> list[Candidate]:
         now = time.monotonic()

@@ -1,8 +1,11 @@
-"""Reading OpenAI SSE chunks as vLLM writes them, cheaply: most chunks are never parsed."""
+"""Reading the SSE events vLLM writes (OpenAI chunks, Responses and Messages events), cheaply:
+most are never parsed."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 DATA = "data: "
@@ -34,3 +37,44 @@ def usage_of(item: str) -> tuple[int, int] | None:
         return int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0)
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def api_usage(event: str) -> tuple[int, int] | None:
+    """(input, output) tokens from a Responses (`response.completed`) or Messages
+    (`message_start`, `message_delta`) event that carries a usage object, else None."""
+    if '"usage":{' not in event and '"usage": {' not in event:
+        return None
+    try:
+        data = json.loads(event[event.index(DATA) + len(DATA) :])
+        usage = next(
+            u
+            for u in (
+                data.get("usage"),
+                (data.get("response") or {}).get("usage"),
+                (data.get("message") or {}).get("usage"),
+            )
+            if isinstance(u, dict)
+        )
+        return int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    except (ValueError, StopIteration, TypeError, AttributeError):
+        return None
+
+
+def api_carries_output(event: str) -> bool:
+    """Whether a Responses or Messages event holds generated text, reasoning or arguments."""
+    return '"type":"content_block_delta"' in event or (
+        '"type":"response.' in event and '.delta"' in event
+    )
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one API's stream reads: usage, output, and whether it ends with [DONE]."""
+
+    usage_of: Callable[[str], tuple[int, int] | None]
+    carries_output: Callable[[str], bool]
+    ends_with_done: bool
+
+
+OPENAI = Dialect(usage_of, carries_output, ends_with_done=True)
+EVENTS = Dialect(api_usage, api_carries_output, ends_with_done=False)

@@ -250,8 +250,10 @@ def cap_max_tokens(tenant: Tenant, body: Any) -> int | None:
     cap = tenant.max_tokens
     if cap is None:
         return None
-    field = (
-        "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+    # Chat's max_completion_tokens wins over max_tokens; Responses names it max_output_tokens.
+    field = next(
+        (f for f in ("max_completion_tokens", "max_output_tokens") if getattr(body, f, None)),
+        "max_tokens",
     )
     requested = getattr(body, field, None)
     if requested is None:

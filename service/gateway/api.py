@@ -39,6 +39,7 @@ from service.gateway.multimodal import (
     check_pool_accepts,
     inspect_messages,
 )
+from service.gateway.native_apis import NativeApis, messages_api, responses_api
 from service.gateway.remote_media import check_public_hosts
 from service.gateway.requests import parse_as, read_json_object
 from service.routing.features import RequestFeatures, chat_features, completion_features
@@ -52,6 +53,7 @@ from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
+Handler = Callable[[RequestTelemetry, RequestContext], Awaitable[Response]]
 REQUEST_ID_HEADER = "x-request-id"
 TRACE_ID_HEADER = "x-trace-id"
 USAGE_MAX_WINDOW_S = 24 * 3600
@@ -75,17 +77,37 @@ def create_app(
     routing = settings.routing
     _install_error_handlers(app)
 
-    async def generate(request: Request, endpoint: str, model_cls: type) -> Response:
+    async def handle(request: Request, endpoint: str, serve: Handler) -> Response:
+        """Opens the request's telemetry and accounting, and closes them however it ends."""
         telemetry = RequestTelemetry(endpoint, request.url.path, request.headers, recorder, tracer)
         request.state.trace_id = telemetry.trace_id
         ctx = RequestContext(request_id=request.headers.get(REQUEST_ID_HEADER, ""))
         if access is not None:
             telemetry.on_close(lambda outcome: access.finish(ctx, outcome))
         try:
-            return await _generate(request, endpoint, model_cls, telemetry, ctx)
+            return await serve(telemetry, ctx)
         except BaseException as exc:  # a pool answer closes it itself; this is a no-op then
             telemetry.close(_status_of(exc), exc)
             raise
+
+    async def generate(request: Request, endpoint: str, model_cls: type) -> Response:
+        return await handle(
+            request,
+            endpoint,
+            lambda telemetry, ctx: _generate(request, endpoint, model_cls, telemetry, ctx),
+        )
+
+    def authenticate(request: Request, telemetry: RequestTelemetry, ctx: RequestContext) -> None:
+        with telemetry.span("auth") as span:
+            ctx.principal = access.authenticate(request.headers) if access else None
+            if ctx.principal is not None and ctx.principal.tenant is not None:
+                telemetry.tenant = ctx.principal.tenant.id
+            if span is not None:
+                span.set_attribute("gemma.auth.mode", "api_key" if ctx.principal else "none")
+                span.set_attribute("gemma.tenant", telemetry.tenant)
+
+    native = NativeApis(settings, backend, directory, policy, loads, access, authenticate)
+    responses, messages = responses_api(), messages_api()
 
     async def _generate(
         request: Request,
@@ -94,13 +116,7 @@ def create_app(
         telemetry: RequestTelemetry,
         ctx: RequestContext,
     ) -> Response:
-        with telemetry.span("auth") as span:
-            ctx.principal = access.authenticate(request.headers) if access else None
-            if ctx.principal is not None and ctx.principal.tenant is not None:
-                telemetry.tenant = ctx.principal.tenant.id
-            if span is not None:
-                span.set_attribute("gemma.auth.mode", "api_key" if ctx.principal else "none")
-                span.set_attribute("gemma.tenant", telemetry.tenant)
+        authenticate(request, telemetry, ctx)
         raw = await read_json_object(request, settings.server.max_body_bytes)
         check_bounds(raw, settings.bounds)
         body = parse_as(model_cls, raw)
@@ -195,6 +211,30 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         return await generate(request, "completions", CompletionRequest)
+
+    @app.post("/v1/responses")
+    async def create_response(request: Request) -> Response:
+        return await handle(
+            request, "responses", lambda t, ctx: native.generate(request, responses, t, ctx)
+        )
+
+    @app.post("/v1/messages")
+    async def create_message(request: Request) -> Response:
+        return await handle(
+            request, "messages", lambda t, ctx: native.generate(request, messages, t, ctx)
+        )
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        return await handle(
+            request, "tokenize", lambda t, ctx: native.tokenizer(request, "tokenize", t, ctx)
+        )
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        return await handle(
+            request, "detokenize", lambda t, ctx: native.tokenizer(request, "detokenize", t, ctx)
+        )
 
     def visible(request: Request) -> Callable[[str], bool]:
         principal = access.authenticate(request.headers) if access else None

@@ -26,7 +26,7 @@ from service.errors import (
     from_engine_error,
 )
 from service.gateway.http_backend import PoolAnswer
-from service.streaming import carries_output, usage_of
+from service.streaming import OPENAI, Dialect
 from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ async def call_pool(
     headers: dict[str, str],
     strip_usage: bool = False,
     checks: bool = False,
+    dialect: Dialect = OPENAI,
     finish: Callable[[], None] = lambda: None,
 ) -> Response:
     """The pool's answer as JSON or SSE. However the request ends, `finish` runs once (it
@@ -107,7 +108,7 @@ async def call_pool(
         raise _as_service_error(exc, timeout_s, request_id) from exc
 
     if isinstance(item, str):
-        tap = _StreamTap(telemetry, strip_usage, request_id)
+        tap = _StreamTap(telemetry, strip_usage, request_id, dialect)
 
         def close() -> None:
             responses.cancel()
@@ -134,8 +135,11 @@ async def call_pool(
 class _StreamTap:
     """Watches the SSE events on their way out: first and last output, usage, how it ended."""
 
-    def __init__(self, telemetry: RequestTelemetry, strip_usage: bool, request_id: str):
+    def __init__(
+        self, telemetry: RequestTelemetry, strip_usage: bool, request_id: str, dialect: Dialect
+    ):
         self._telemetry = telemetry
+        self.dialect = dialect
         self._strip_usage = strip_usage
         self._request_id = request_id
         self._output_started = False
@@ -155,11 +159,11 @@ class _StreamTap:
                 out.append(f"data: {json.dumps(error_body(engine_error))}\n\n")
                 continue
             event = _packet(part)
-            if (usage := usage_of(event)) is not None:
+            if (usage := self.dialect.usage_of(event)) is not None:
                 self._telemetry.usage(*usage)
                 if self._strip_usage:
                     continue
-            elif event != DONE and (self._output_started or carries_output(event)):
+            elif event != DONE and (self._output_started or self.dialect.carries_output(event)):
                 self._output_started = True
                 self._telemetry.output()
             out.append(event)
@@ -240,8 +244,9 @@ async def _sse(
     except Exception as exc:
         # Headers are sent: the failure becomes an error event, then the stream ends.
         error = _as_service_error(exc, timeout_s, request_id)
-        yield f"data: {json.dumps(error_body(error))}\n\n"
-    if not done:
+        prefix = "" if tap.dialect.ends_with_done else "event: error\n"
+        yield f"{prefix}data: {json.dumps(error_body(error))}\n\n"
+    if not done and tap.dialect.ends_with_done:
         yield DONE
     tap.ended(error if isinstance(error, ServiceError) else None)
 

@@ -7,6 +7,8 @@ Serve handle instead, which also makes Serve start a replica.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -16,18 +18,31 @@ from typing import Any
 
 import aiohttp
 
+from service.errors import PoolAtCapacity
 from service.pool_http import CHECK_HEADER
 from service.replica_directory import ReplicaEntry
 from service.routing.replicas import Candidate, choose
 
 log = logging.getLogger(__name__)
 
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "responses": "/v1/responses",
+    "messages": "/v1/messages",
+    "tokenize": "/tokenize",
+    "detokenize": "/detokenize",
+}
+# What a pool's Serve handle serves too, for a pool with no replica announced yet.
+HANDLE_METHODS = {"chat", "completions"}
 # A replica that refused a connection is left out for this long (it may be gone).
 FAILED_REPLICA_PAUSE_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 AFFINITY_PREFIX_CHARS = 2048
 EVENT_END = b"\n\n"
+RETRY_AFTER_S = 5
+# A pool serves its vLLM-only APIs (Responses, Messages, tokenizer) over HTTP only.
+WAIT_FOR_REPLICA_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,10 @@ class PoolAnswer:
             return None
         try:
             usage, _ = json.JSONDecoder().raw_decode(self.body[at + 8 :].decode().lstrip())
-            return _Usage(int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0))
+            # Chat and completions name them prompt/completion; Responses and Messages input/output.
+            prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
+            output = usage.get("completion_tokens", usage.get("output_tokens"))
+            return _Usage(int(prompt), int(output or 0))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -163,9 +181,26 @@ class HttpBackend:
         self._in_flight: dict[str, int] = {}
         self._paused_until: dict[str, float] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._updated = asyncio.Event()  # set, and replaced, on every directory read
 
     def set_replicas(self, replicas: dict[str, list[ReplicaEntry]]) -> None:
         self._replicas = replicas
+        self._updated.set()
+        self._updated = asyncio.Event()
+
+    async def _wait_for_replica(self, pool_id: str) -> None:
+        """Waits a few directory reads for a replica of the pool (one that just started may
+        not have been read yet); 503 if none comes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT_FOR_REPLICA_S
+        while not self._candidates(pool_id):
+            if (left := deadline - loop.time()) <= 0:
+                raise PoolAtCapacity(
+                    f"the model pool '{pool_id}' has no replica ready; retry shortly",
+                    retry_after_s=RETRY_AFTER_S,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._updated.wait(), left)
 
     def replica_count(self, pool_id: str) -> int:
         return len(self._replicas.get(pool_id, ()))
@@ -181,7 +216,12 @@ class HttpBackend:
     ) -> Any:
         candidates = self._candidates(pool_id)
         if not candidates:
-            return self._fallback.stream(pool_id, method, request, trace_headers)
+            if method in HANDLE_METHODS:
+                return self._fallback.stream(pool_id, method, request, trace_headers)
+            return _Deferred(
+                lambda: self._wait_for_replica(pool_id),
+                lambda: self.stream(pool_id, method, request, trace_headers, checks, request_id),
+            )
         imbalance = self._affinity.get(pool_id)
         key = affinity_key(request) if imbalance is not None else None
         chosen = choose(candidates, self._in_flight, key, imbalance or 0)
@@ -219,6 +259,28 @@ class HttpBackend:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class _Deferred:
+    """A stream that first waits for the pool to have a replica, then opens one to it."""
+
+    def __init__(self, wait: Callable[[], Any], open_stream: Callable[[], Any]):
+        self._wait = wait
+        self._open = open_stream
+        self._stream: Any = None
+
+    def __aiter__(self) -> _Deferred:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._stream is None:
+            await self._wait()
+            self._stream = self._open()
+        return await anext(self._stream)
+
+    def cancel(self) -> None:
+        if self._stream is not None:
+            self._stream.cancel()
 
 
 def affinity_key(request: Any) -> str:

@@ -25,7 +25,7 @@ DURATION_BUCKETS_S = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
 class RequestOutcome:
     """What one request did, as the gateway saw it."""
 
-    endpoint: str  # chat | completions
+    endpoint: str  # chat | completions | responses | messages | tokenize | detokenize
     pool: str
     status: int
     duration_s: float

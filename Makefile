@@ -18,7 +18,8 @@ export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
-	bench-routing bench-autoscale bench-burst bench-grammar loadtest-smoke reliability soak clean
+	bench-routing bench-autoscale bench-burst bench-grammar bench-data-plane loadtest-smoke \
+	reliability soak clean
 
 install: $(STAMP)
 
@@ -91,6 +92,12 @@ bench-burst: $(STAMP)
 # xgrammar alone, no service: compile time and GIL hold of the worst grammars the bounds admit.
 bench-grammar: $(STAMP) build-tiny
 	$(BIN)/python benchmarks/grammar_compile.py $(ARGS)
+
+# A mock engine (no compute, a token every 20 ms per stream, as a GPU decodes) behind three paths,
+# each started and stopped in turn: the full stack, the same over the Serve handle, and Ray Serve
+# LLM's direct streaming. 256 streams of 256 tokens at once; writes benchmarks/results/.
+bench-data-plane: $(STAMP) build-tiny
+	$(BIN)/python benchmarks/data_plane.py $(ARGS)
 
 # Starts the embedded default itself: 42 minutes of mixed load, RSS and fd slopes of every process
 # over the second half.

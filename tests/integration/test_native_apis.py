@@ -9,9 +9,7 @@ from tests.integration.conftest import DENSE, MOE
 
 @pytest.fixture
 def claude(stack):
-    return anthropic.Anthropic(
-        base_url=stack.base_url, api_key="unused", max_retries=0, timeout=60
-    )
+    return anthropic.Anthropic(base_url=stack.base_url, api_key="unused", max_retries=0, timeout=60)
 
 
 def test_a_response_is_created_on_the_pinned_pool_with_its_usage(client):

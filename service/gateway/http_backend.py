@@ -114,7 +114,6 @@ class HttpStream:
         self._release = release
         self._response: aiohttp.ClientResponse | None = None
         self._events: AsyncIterator[list[str]] | None = None
-        self._answered = False
         self._released = False
 
     def __aiter__(self) -> HttpStream:

@@ -205,7 +205,7 @@ class _Raw:
         return json.dumps(self._data)
 
 
-def refuse_media(value: Any, depth: int = 0) -> None:
+def refuse_media(value: Any) -> None:
     """400 for any media part, however deep (bounded by the JSON depth the parser allows)."""
     if isinstance(value, dict):
         kind = value.get("type")
@@ -216,7 +216,7 @@ def refuse_media(value: Any, depth: int = 0) -> None:
                 param="input",
             )
         for item in value.values():
-            refuse_media(item, depth + 1)
+            refuse_media(item)
     elif isinstance(value, list):
         for item in value:
-            refuse_media(item, depth + 1)
+            refuse_media(item)

@@ -30,9 +30,7 @@ import asyncio
 import json
 import math
 import os
-import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -45,6 +43,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from harness import (  # noqa: E402
+    bench_env,
+    dense_checkpoint,
+    direct_streaming_env,
+    machine_info,
+    percentile,
+    ray_llm_config,
+    serve_ray_llm,
+    stop,
+)
 
 from service.local_ports import free_port  # noqa: E402
 from service.mock_engine import ENGINE_CLS, ENGINE_CLS_ENV, ITL_ENV  # noqa: E402
@@ -95,20 +104,6 @@ class PathResult:
     routes: dict[str, int]
     errors: list[str]
     client_cpu_s: float = 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0-100), linear between closest ranks (numpy's default); NaN
-    for no values."""
-    if not values:
-        return math.nan
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is outside [0, 100]")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 USAGE_MARK = b'"choices":[],"usage":{'
@@ -292,22 +287,6 @@ async def wait_ready(base: str, route: str, process: subprocess.Popen, timeout_s
 # --- the stacks ----------------------------------------------------------------------------
 
 
-def bench_env() -> dict[str, str]:
-    cache = ROOT / ".cache"
-    env = dict(os.environ)
-    for name, value in {
-        "GEMMA_SERVE_CACHE_DIR": str(cache / "gemma-serve"),
-        "RAY_TMPDIR": str(cache / "ray"),
-        "VLLM_CACHE_ROOT": str(cache / "vllm"),
-        "XDG_CACHE_HOME": str(cache / "xdg"),
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }.items():
-        env.setdefault(name, value)
-    return env
-
-
 def stack_config(max_ongoing: int, batch_ms: float, metrics_port: int) -> str:
     """One tiny dense pool (the mock ignores its weights), room for every stream at once."""
     pool = (
@@ -343,23 +322,6 @@ def start_gemma_serve(
     )
 
 
-def direct_env(env: dict[str, str], itl_ms: float, haproxy: Path) -> dict[str, str]:
-    """Ray's direct streaming behind HAProxy, with HAProxy's files (in `haproxy`) and ports
-    our own: its defaults are fixed paths in /tmp and fixed ports. Ray puts the files in a
-    folder named by the node id under these, and a socket path may be 107 bytes at most: keep
-    `haproxy` short (a folder in /tmp, not in the checkout)."""
-    return mock_env(env, itl_ms) | {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
-        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy),
-        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-    }
-
-
 def start_ray_direct(
     port: int, env: dict[str, str], args: argparse.Namespace, log, haproxy: Path
 ) -> subprocess.Popen:
@@ -376,80 +338,12 @@ def start_ray_direct(
     ]
     return subprocess.Popen(
         command,
-        env=direct_env(env, args.itl_ms, haproxy),
+        env=direct_streaming_env(mock_env(env, args.itl_ms), haproxy),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
         cwd=ROOT,
     )
-
-
-def direct_llm_config(checkpoint: Path, itl_ms: float, max_ongoing: int):
-    from ray.serve.llm import LLMConfig
-
-    return LLMConfig(
-        model_loading_config={"model_id": POOL_ID, "model_source": str(checkpoint)},
-        engine_kwargs={"max_model_len": MAX_MODEL_LEN, "enforce_eager": True},
-        deployment_config={
-            "autoscaling_config": {"min_replicas": 1, "max_replicas": 1},
-            "max_ongoing_requests": max_ongoing,
-        },
-        placement_group_config={"bundles": [{"CPU": 1}]},
-        # The replica reads the engine class; the driver's environment has it too.
-        runtime_env={"env_vars": {ENGINE_CLS_ENV: ENGINE_CLS, ITL_ENV: f"{itl_ms:g}"}},
-    )
-
-
-def serve_direct(argv: list[str]) -> int:
-    """The ray-direct driver (a subprocess of the benchmark): serves until SIGINT/SIGTERM."""
-    parser = argparse.ArgumentParser(prog="data_plane.py _serve-direct")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--itl-ms", type=float, required=True)
-    parser.add_argument("--max-ongoing", type=int, required=True)
-    args = parser.parse_args(argv)
-
-    import threading
-
-    import ray
-    from ray import serve
-    from ray.serve.llm import build_openai_app
-
-    from service.tinymodels import build_tiny_checkpoints
-
-    checkpoint = build_tiny_checkpoints(Path(os.environ["GEMMA_SERVE_CACHE_DIR"]))["dense"]
-    stop = threading.Event()
-    ray.init(num_cpus=8, include_dashboard=False)
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": args.port},
-            grpc_options={"port": free_port()},
-        )
-        app = build_openai_app(
-            {"llm_configs": [direct_llm_config(checkpoint, args.itl_ms, args.max_ongoing)]}
-        )
-        serve.run(app, name="ray-direct", route_prefix="/")
-        print("ray-direct: ready", flush=True)
-        stop.wait()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-    return 0
-
-
-def stop(process: subprocess.Popen) -> None:
-    # SIGINT lets the driver shut Serve and Ray down; the group kill is a backstop.
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 async def run_path(path: str, env: dict[str, str], args: argparse.Namespace) -> PathResult:
@@ -487,24 +381,6 @@ async def run_path(path: str, env: dict[str, str], args: argparse.Namespace) -> 
         flush=True,
     )
     return result
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def machine_info() -> dict[str, object]:
-    return {
-        "host": platform.node(),
-        "cpu_model": cpu_model(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-    }
 
 
 def client_description() -> str:
@@ -594,6 +470,24 @@ async def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     print(f"\nwritten: {out}")
     return 1 if failures or any(r.ok_streams < r.streams for r in results) else 0
+
+
+def serve_direct(argv: list[str]) -> int:
+    """The ray-direct driver (a subprocess of the benchmark)."""
+    parser = argparse.ArgumentParser(prog="data_plane.py _serve-direct")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--itl-ms", type=float, required=True)
+    parser.add_argument("--max-ongoing", type=int, required=True)
+    args = parser.parse_args(argv)
+    config = ray_llm_config(
+        POOL_ID,
+        dense_checkpoint(dict(os.environ)),
+        {"max_model_len": MAX_MODEL_LEN, "enforce_eager": True},
+        args.max_ongoing,
+        # The replica reads the engine class; the driver's environment has it too.
+        env_vars={ENGINE_CLS_ENV: ENGINE_CLS, ITL_ENV: f"{args.itl_ms:g}"},
+    )
+    return serve_ray_llm(args.port, config, "ray-direct")
 
 
 def run(argv: list[str]) -> int:

@@ -1,12 +1,23 @@
-"""What the full gemma-serve stack costs over vLLM's own OpenAI server, same tiny checkpoint.
+"""What each serving stack costs over vLLM's own OpenAI server, same tiny checkpoint, one run.
 
-Runs (b) `python -m vllm.entrypoints.openai.api_server` alone, then (a) the full stack
-(Serve proxy -> gateway -> pool LLMServer -> vLLM) with both embedded pools up, as `make run`
-starts them, and drives each with streamed chat requests at concurrency 1 and 8, pinned to the
-dense pool (or spread over both pools with `--traffic both`). Prints TTFT p50/p95 and
-requests/s, with the ratio a/b measured in the same run. `--cpu-binds` compares placements of
-the two CPU engines' threads (`MOE_BIND:DENSE_BIND`, each a VLLM_CPU_OMP_THREADS_BIND value, or
-`default` for gemma-serve's own).
+Setups, one after the other, each driven by streamed chat requests (aiohttp, this process):
+
+  vllm                 `python -m vllm.entrypoints.openai.api_server` alone: the baseline
+  ray-default          Ray Serve LLM `build_openai_app`, its defaults (Serve proxy -> router
+                       -> LLMServer replica, tokens as Ray objects)
+  ray-direct           the same with Ray's direct streaming (HAProxy -> the replica's own app)
+  gemma-serve          `gemma-serve up` with both embedded pools, as `make run` starts them;
+                       requests name the dense pool
+  gemma-serve-haproxy  the same with Ray Serve's HAProxy ingress in place of its Python proxy
+                       (RAY_SERVE_ENABLE_HA_PROXY=1); not measured unless asked for
+
+Workloads: short (a short chat, 16 out), decode (~50 in, 256 out), prefill (~1,500 in, 16 out;
+each prompt starts differently, so the prefix cache does not serve it); at each concurrency.
+Per point: TTFT p50/p95, ITL p50/p95 (gaps between chunks that carry output, pooled over
+requests), requests/s, output tokens/s (from each stream's usage), and the CPU seconds per
+request spent by every process of the stack except vLLM's engine cores (read from /proc over
+the measured window: servers, proxies, Ray's own processes). Ratios are against `vllm` in the
+same run; its "outside the engine" is vLLM's own API server.
 
     make bench            # or: .venv/bin/python benchmarks/gateway_overhead.py --help
 """
@@ -17,312 +28,424 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import signal
-import statistics
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import date
 from pathlib import Path
 
-import httpx
+from harness import (
+    ROOT,
+    CpuSpent,
+    bench_env,
+    cpu_spent,
+    dense_checkpoint,
+    direct_streaming_env,
+    haproxy_env,
+    machine_info,
+    percentile,
+    process_tree,
+    ray_llm_config,
+    serve_ray_llm,
+    stop,
+)
 
 from service.local_ports import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 POOL_ID = "gemma-4-31b-it"
 MOE_POOL_ID = "gemma-4-26b-a4b-it"
 MAX_MODEL_LEN = 2048
+SETUPS = ("vllm", "ray-default", "ray-direct", "gemma-serve", "gemma-serve-haproxy")
+WORKDIR = ROOT / ".cache" / "bench"
+# The engine arguments gemma-serve gives a CPU pool (service/catalog.py), for every setup.
+ENGINE_KWARGS = {
+    "max_model_len": MAX_MODEL_LEN,
+    "enable_prefix_caching": True,
+    "enforce_eager": True,
+    "enable_auto_tool_choice": True,
+    "tool_call_parser": "gemma4",
+    "reasoning_parser": "gemma4",
+}
+WORDS = "the keeper climbed the stairs of the lighthouse while the sea rose in the dark".split()
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    prompt_words: int  # the tiny tokenizer makes ~2.8 tokens of each; usage reports the truth
+    max_tokens: int
+    requests_per_stream: int  # requests per point = this x concurrency, at least min_requests
+    min_requests: int
+
+    def requests(self, concurrency: int) -> int:
+        return max(self.min_requests, self.requests_per_stream * concurrency)
+
+
+WORKLOADS = {
+    "short": Workload("short", 3, 16, 4, 48),
+    "decode": Workload("decode", 8, 256, 2, 12),
+    "prefill": Workload("prefill", 530, 16, 3, 32),
+}
+
+
+def prompt(workload: Workload, index: int) -> str:
+    """A distinct prompt per request: the number comes first so no two share a cached prefix."""
+    words = (WORDS * (workload.prompt_words // len(WORDS) + 1))[: workload.prompt_words]
+    return f"{index} " + " ".join(words)
+
+
+def request_body(workload: Workload, index: int) -> bytes:
+    return json.dumps(
+        {
+            "model": POOL_ID,
+            "messages": [{"role": "user", "content": prompt(workload, index)}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": workload.max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+        }
+    ).encode()
+
+
+# --- one request ---------------------------------------------------------------------------
+
+OUTPUT_MARKS = (b'"content":"', b'"reasoning":"', b'"reasoning_content":"', b'"tool_calls":[')
+EMPTY_MARKS = (b'"content":""', b'"reasoning":""', b'"reasoning_content":""', b'"tool_calls":[]')
+
+
+def carries_output(line: bytes) -> bool:
+    """A chunk with generated text (content, or reasoning: Gemma 4's parser may put the tiny
+    model's first tokens there), by its bytes, so the client stays cheap."""
+    return line.startswith(b"data: {") and any(
+        mark in line and empty not in line
+        for mark, empty in zip(OUTPUT_MARKS, EMPTY_MARKS, strict=True)
+    )
 
 
 @dataclass
-class Figures:
+class Record:
+    ttft_s: float | None = None
+    itls_s: list[float] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+async def one_request(session, url: str, body: bytes) -> Record:
+    record = Record()
+    started = last = time.perf_counter()
+    async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+        if r.status != 200:
+            text = (await r.read())[:300].decode(errors="replace")
+            raise RuntimeError(f"HTTP {r.status}: {text}")
+        async for line in r.content:
+            now = time.perf_counter()
+            if carries_output(line):
+                if record.ttft_s is None:
+                    record.ttft_s = now - started
+                else:
+                    record.itls_s.append(now - last)
+                last = now
+            elif b'"usage":{' in line and b'"completion_tokens"' in line:
+                usage = json.loads(line[6:])["usage"]
+                record.prompt_tokens = usage["prompt_tokens"]
+                record.completion_tokens = usage["completion_tokens"]
+            elif line.startswith(b'data: {"error"'):
+                raise RuntimeError(line[6:306].decode(errors="replace"))
+    if record.ttft_s is None:
+        raise RuntimeError("no output streamed")
+    return record
+
+
+# --- one point -----------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    setup: str
+    workload: str
+    concurrency: int
+    requests: int
+    prompt_tokens_mean: float
     ttft_p50_ms: float
     ttft_p95_ms: float
+    itl_p50_ms: float
+    itl_p95_ms: float
     requests_per_s: float
+    output_tokens_per_s: float
+    cpu_outside_engine_s_per_request: float
+    cpu_engine_s_per_request: float
+    engine_processes: int
+    stack_processes: int
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+def summarize(
+    setup: str,
+    workload: Workload,
+    concurrency: int,
+    records: list[Record],
+    wall_s: float,
+    cpu: CpuSpent,
+) -> Point:
+    ttfts = [r.ttft_s * 1000 for r in records]
+    itls = [gap * 1000 for r in records for gap in r.itls_s]
+    n = len(records)
+    return Point(
+        setup=setup,
+        workload=workload.name,
+        concurrency=concurrency,
+        requests=n,
+        prompt_tokens_mean=sum(r.prompt_tokens for r in records) / n,
+        ttft_p50_ms=percentile(ttfts, 50),
+        ttft_p95_ms=percentile(ttfts, 95),
+        itl_p50_ms=percentile(itls, 50),
+        itl_p95_ms=percentile(itls, 95),
+        requests_per_s=n / wall_s,
+        output_tokens_per_s=sum(r.completion_tokens for r in records) / wall_s,
+        cpu_outside_engine_s_per_request=cpu.outside_s / n,
+        cpu_engine_s_per_request=cpu.engine_s / n,
+        engine_processes=cpu.engine_processes,
+        stack_processes=cpu.processes,
+    )
 
 
-def bench_env() -> dict[str, str]:
-    cache = ROOT / ".cache"
-    env = dict(os.environ)
-    for name, value in {
-        "GEMMA_SERVE_CACHE_DIR": str(cache / "gemma-serve"),
-        "RAY_TMPDIR": str(cache / "ray"),
-        "VLLM_CACHE_ROOT": str(cache / "vllm"),
-        "XDG_CACHE_HOME": str(cache / "xdg"),
-        "HF_HUB_OFFLINE": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "VLLM_CPU_KVCACHE_SPACE": "1",
-    }.items():
-        env.setdefault(name, value)
-    return env
+async def measure(
+    setup: str, base: str, stack_pid: int, workload: Workload, concurrency: int
+) -> Point:
+    import aiohttp
+
+    url = f"{base}/v1/chat/completions"
+    total = workload.requests(concurrency)
+    bodies = [request_body(workload, i) for i in range(total)]
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        # Warm connections, the tokenizer and the caches, with prompts the run will not send.
+        for i in range(concurrency):
+            await one_request(session, url, request_body(workload, total + i))
+        queue = list(reversed(bodies))
+        records: list[Record] = []
+
+        async def worker() -> None:
+            while queue:
+                records.append(await one_request(session, url, queue.pop()))
+
+        before = process_tree(stack_pid)
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+        spent = cpu_spent(before, process_tree(stack_pid))
+    return summarize(setup, workload, concurrency, records, wall, spent)
 
 
-def tiny_checkpoint(env: dict[str, str]) -> Path:
-    from service.tinymodels import build_tiny_checkpoints
-
-    return build_tiny_checkpoints(Path(env["GEMMA_SERVE_CACHE_DIR"]))["dense"]
+# --- the stacks ----------------------------------------------------------------------------
 
 
-def start_vllm(checkpoint: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+def start_vllm(checkpoint: Path, port: int, env: dict[str, str], log) -> subprocess.Popen:
+    flags = []
+    for name, value in ENGINE_KWARGS.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model"]
+    command += [str(checkpoint), "--served-model-name", POOL_ID, *flags]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(checkpoint),
-            "--served-model-name",
-            POOL_ID,
-            "--max-model-len",
-            str(MAX_MODEL_LEN),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--enable-prefix-caching",
-            "--enforce-eager",
-            "--enable-auto-tool-choice",
-            "--tool-call-parser",
-            "gemma4",
-            "--reasoning-parser",
-            "gemma4",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
 
 
-def stack_config(interval_ms: float, cpu_binds: str) -> str:
-    """Both embedded pools; `cpu_binds` is `MOE:DENSE` or `default`."""
-    binds = (
-        {}
-        if cpu_binds == "default"
-        else dict(zip(("moe", "dense"), cpu_binds.split(":"), strict=True))
-    )
-    lines = ["pools:"]
+def stack_config(metrics_port: int) -> str:
+    """Both embedded pools, as `make run` starts them."""
+    lines = [f"telemetry: {{metrics_port: {metrics_port}}}", "pools:"]
     for pool_id, variant in ((MOE_POOL_ID, "moe"), (POOL_ID, "dense")):
-        bind = f", cpu_threads_bind: '{binds[variant]}'" if binds else ""
         lines.append(
             f"  - {{id: {pool_id}, checkpoint: 'tiny:{variant}', device: cpu,"
-            f" max_model_len: {MAX_MODEL_LEN}, stream_batching_interval_ms: {interval_ms}{bind}}}"
+            f" max_model_len: {MAX_MODEL_LEN}}}"
         )
     return "\n".join(lines) + "\n"
 
 
-def start_stack(
-    port: int, env: dict[str, str], interval_ms: float, cpu_binds: str, workdir: Path
-) -> subprocess.Popen:
-    config = workdir / f"bench-{int(interval_ms)}-{cpu_binds.replace(':', '_')}.yaml"
-    config.write_text(stack_config(interval_ms, cpu_binds))
+def start_gemma_serve(port: int, env: dict[str, str], log) -> subprocess.Popen:
+    config = WORKDIR / "gateway_overhead.yaml"
+    config.write_text(stack_config(free_port()))
+    command = [str(ROOT / ".venv/bin/gemma-serve"), "up", "--config", str(config)]
     return subprocess.Popen(
-        [str(ROOT / ".venv/bin/gemma-serve"), "up", "--config", str(config), "--port", str(port)],
+        [*command, "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
-def stop(process: subprocess.Popen) -> None:
-    # SIGINT lets `gemma-serve up` shut Serve and Ray down; the group kill is a backstop.
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def start_ray(port: int, env: dict[str, str], log) -> subprocess.Popen:
+    command = [sys.executable, str(Path(__file__).resolve()), "_serve-ray", str(port)]
+    return subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
+    )
 
 
-async def wait_ready(base: str, timeout_s: float = 600) -> None:
+def start(setup: str, port: int, env: dict[str, str], scratch: Path, log) -> subprocess.Popen:
+    if setup == "vllm":
+        return start_vllm(dense_checkpoint(env), port, env, log)
+    if setup == "ray-default":
+        return start_ray(port, env, log)
+    if setup == "ray-direct":
+        return start_ray(port, direct_streaming_env(env, scratch), log)
+    if setup == "gemma-serve":
+        return start_gemma_serve(port, env, log)
+    return start_gemma_serve(port, haproxy_env(env, scratch), log)
+
+
+async def wait_ready(base: str, process: subprocess.Popen, timeout_s: float) -> None:
+    import aiohttp
+
     deadline = time.monotonic() + timeout_s
-    async with httpx.AsyncClient(timeout=5) as client:
+    last = "no answer yet"
+    body = request_body(WORKLOADS["short"], 10**6)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
         while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the stack exited with {process.returncode} before it was up")
             try:
-                r = await client.post(f"{base}/v1/chat/completions", json=request_body(1))
-                if r.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+                await one_request(session, f"{base}/v1/chat/completions", body)
+                return
+            except Exception as exc:
+                last = repr(exc)
             await asyncio.sleep(2)
-    raise TimeoutError(f"{base} did not become ready in {timeout_s} s")
+    raise TimeoutError(f"{base} did not answer in {timeout_s:g} s: {last}")
 
 
-def request_body(max_tokens: int, model: str = POOL_ID) -> dict:
-    return {
-        "model": model,
-        "messages": [{"role": "user", "content": "Tell me a story about a lighthouse."}],
-        "stream": True,
-        "max_tokens": max_tokens,
-        "temperature": 0.0,
-        "ignore_eos": True,
-    }
+async def run_setup(setup: str, env: dict[str, str], args: argparse.Namespace) -> list[Point]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    scratch = Path(tempfile.mkdtemp(prefix="go-haproxy-"))  # short: HAProxy's socket path
+    log_path = WORKDIR / f"gateway_overhead-{setup}.log"
+    points = []
+    with log_path.open("w") as log:
+        process = start(setup, port, env, scratch, log)
+        try:
+            await wait_ready(base, process, args.start_timeout_s)
+            await asyncio.sleep(args.settle_s)  # let start-up work drain off the cores
+            for name in args.workloads:
+                for concurrency in args.concurrency:
+                    point = await measure(setup, base, process.pid, WORKLOADS[name], concurrency)
+                    print(f"  {point}", file=sys.stderr, flush=True)
+                    points.append(point)
+        except BaseException:
+            print(f"  {setup}: failed; its log: {log_path}", file=sys.stderr)
+            raise
+        finally:
+            stop(process)
+            shutil.rmtree(scratch, ignore_errors=True)
+            await asyncio.sleep(5)
+    return points
 
 
-async def one_request(
-    client: httpx.AsyncClient, base: str, tokens: int, model: str = POOL_ID
-) -> float:
-    started = time.perf_counter()
-    ttft = None
-    body = request_body(tokens, model)
-    async with client.stream("POST", f"{base}/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if ttft is None and line.startswith("data: {"):
-                chunk = json.loads(line[6:])
-                if any(_has_token(c.get("delta", {})) for c in chunk.get("choices", [])):
-                    ttft = time.perf_counter() - started
-    assert ttft is not None, "no content streamed"
-    return ttft
+# --- the report ----------------------------------------------------------------------------
 
 
-def _has_token(delta: dict) -> bool:
-    # Gemma 4's reasoning parser may put the first tokens in `reasoning`, not `content`.
-    return bool(delta.get("content") or delta.get("reasoning") or delta.get("tool_calls"))
-
-
-async def measure(
-    base: str, concurrency: int, requests: int, tokens: int, models: list[str]
-) -> Figures:
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(requests):
-        queue.put_nowait(i)
-    ttfts: list[float] = []
-    limits = httpx.Limits(max_connections=concurrency * 2)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        for model in models * 3:  # warm connections and caches
-            await one_request(client, base, tokens, model)
-
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                ttfts.append(await one_request(client, base, tokens, models[i % len(models)]))
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-    q = statistics.quantiles(ttfts, n=20)
-    return Figures(statistics.median(ttfts) * 1000, q[18] * 1000, requests / wall)
-
-
-async def run_target(
-    name: str, start, base: str, args, models: list[str] | None = None
-) -> dict[int, Figures]:
-    process = start()
-    try:
-        await wait_ready(base)
-        await asyncio.sleep(args.settle_s)  # let start-up work drain off the 2 cores
-        results = {}
-        for c in args.concurrency:
-            results[c] = await measure(base, c, args.requests, args.tokens, models or [POOL_ID])
-            print(f"  {name} c={c}: {results[c]}", file=sys.stderr, flush=True)
-        return results
-    finally:
-        stop(process)
-        await asyncio.sleep(5)
-
-
-def table(results: dict[str, dict[int, Figures]], concurrency: list[int]) -> str:
-    bare = results["vllm"]
+def render_table(points: list[Point]) -> str:
+    """One row per point, with ratios against the `vllm` point of the same workload and
+    concurrency where the run has one."""
+    bare = {(p.workload, p.concurrency): p for p in points if p.setup == "vllm"}
     lines = [
-        "| setup | conc. | TTFT p50 ms | TTFT p95 ms | req/s | TTFT p50 a-b ms | req/s a/b |",
-        "|---|---|---|---|---|---|---|",
+        "| workload | conc. | setup | TTFT p50 ms | TTFT p95 ms | ITL p50 ms | ITL p95 ms "
+        "| req/s | out tok/s | CPU s/req outside engine | TTFT p50 - bare ms | req/s / bare "
+        "| tok/s / bare | ITL p95 / bare | CPU / bare |",
+        "|" + "---|" * 15,
     ]
-    for name, by_c in results.items():
-        for c in concurrency:
-            f = by_c[c]
-            delta = f"{f.ttft_p50_ms - bare[c].ttft_p50_ms:+.1f}" if name != "vllm" else "-"
-            ratio = f"{f.requests_per_s / bare[c].requests_per_s:.2f}" if name != "vllm" else "-"
-            lines.append(
-                f"| {name} | {c} | {f.ttft_p50_ms:.1f} | {f.ttft_p95_ms:.1f} | "
-                f"{f.requests_per_s:.1f} | {delta} | {ratio} |"
-            )
+    for p in sorted(points, key=lambda p: (p.workload, p.concurrency)):
+        b = bare.get((p.workload, p.concurrency))
+        if b is None or p.setup == "vllm":
+            ratios = ["-"] * 5
+        else:
+            ratios = [
+                f"{p.ttft_p50_ms - b.ttft_p50_ms:+.1f}",
+                f"{p.requests_per_s / b.requests_per_s:.2f}",
+                f"{p.output_tokens_per_s / b.output_tokens_per_s:.2f}",
+                f"{p.itl_p95_ms / b.itl_p95_ms:.2f}",
+                f"{p.cpu_outside_engine_s_per_request / b.cpu_outside_engine_s_per_request:.2f}",
+            ]
+        lines.append(
+            f"| {p.workload} | {p.concurrency} | {p.setup} | {p.ttft_p50_ms:.1f} "
+            f"| {p.ttft_p95_ms:.1f} | {p.itl_p50_ms:.1f} | {p.itl_p95_ms:.1f} "
+            f"| {p.requests_per_s:.1f} | {p.output_tokens_per_s:,.0f} "
+            f"| {p.cpu_outside_engine_s_per_request:.3f} | " + " | ".join(ratios) + " |"
+        )
     return "\n".join(lines)
 
 
-async def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--requests", type=int, default=80, help="measured requests per point")
-    parser.add_argument("--tokens", type=int, default=16, help="output tokens per request")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
-        "--intervals",
-        type=float,
-        nargs="+",
-        default=[50.0],
-        help="stream_batching_interval_ms values of the full stack to measure",
+        "--setups", nargs="+", choices=SETUPS, default=list(SETUPS[:4]), help="stacks to measure"
     )
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--settle-s", type=float, default=10.0, help="pause after start-up")
+    parser.add_argument("--start-timeout-s", type=float, default=600.0)
     parser.add_argument(
-        "--cpu-binds",
-        nargs="+",
-        default=["default"],
-        metavar="MOE:DENSE",
-        help="CPU thread placements of the two engines to measure, e.g. auto:auto 0:1",
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON results (default: benchmarks/results/gateway_overhead-<date>.json)",
     )
-    parser.add_argument(
-        "--traffic",
-        choices=["dense", "both"],
-        default="dense",
-        help="the full stack's requests: pinned to the dense pool, or alternating both pools",
-    )
-    parser.add_argument("--settle-s", type=float, default=10.0)
-    parser.add_argument(
-        "--stack-env",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra environment for the full stack, e.g. Ray Serve flags",
-    )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.concurrency) < 1:
+        parser.error("--concurrency values must be at least 1")
+    return args
 
+
+async def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    WORKDIR.mkdir(parents=True, exist_ok=True)
     env = bench_env()
-    checkpoint = tiny_checkpoint(env)
-    stack_env = env | dict(item.split("=", 1) for item in args.stack_env)
-    workdir = ROOT / ".cache" / "bench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[int, Figures]] = {}
-
-    port = free_port()
-    results["vllm"] = await run_target(
-        "vllm", lambda: start_vllm(checkpoint, port, env), f"http://127.0.0.1:{port}", args
-    )
-    models = [MOE_POOL_ID, POOL_ID] if args.traffic == "both" else [POOL_ID]
-    for interval in args.intervals:
-        for binds in args.cpu_binds:
-            port = free_port()
-            extra = ", ".join([f"cpu {binds}", *args.stack_env])
-            name = f"gemma-serve (batch {interval:g} ms, {extra})"
-            results[name] = await run_target(
-                name,
-                lambda p=port, i=interval, b=binds: start_stack(p, stack_env, i, b, workdir),
-                f"http://127.0.0.1:{port}",
-                args,
-                models,
-            )
-
+    dense_checkpoint(env)  # built once, before any stack starts
+    points: list[Point] = []
+    failures: dict[str, str] = {}
+    for setup in args.setups:
+        try:
+            points += await run_setup(setup, env, args)
+        except Exception as exc:
+            failures[setup] = f"{type(exc).__name__}: {exc}"
+            print(f"  {setup}: {failures[setup]}", file=sys.stderr, flush=True)
+    machine = machine_info()
     print(
-        f"\nmachine: {platform.node()} {cpu_model()} {platform.machine()}, {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; {args.requests} streamed chat requests of "
-        f"{args.tokens} tokens per point to {' and '.join(models)} (bare vLLM: {POOL_ID}); "
-        "tiny Gemma 4 checkpoints on vllm-cpu\n"
+        f"\nmachine: {machine['cpu_model']}, {machine['nproc']} CPUs; tiny Gemma 4 dense "
+        f"checkpoint on vllm-cpu; streamed chat, client aiohttp in the benchmark's process\n"
     )
-    print(table(results, args.concurrency))
+    print(render_table(points))
+    for setup, error in failures.items():
+        print(f"\n{setup}: FAILED: {error}")
+    out = args.out or ROOT / "benchmarks" / "results" / f"gateway_overhead-{date.today()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "date": date.today().isoformat(),
+        "command": " ".join([".venv/bin/python", "benchmarks/gateway_overhead.py", *argv]),
+        "machine": machine,
+        "workloads": {name: asdict(w) for name, w in WORKLOADS.items()},
+        "points": [asdict(p) for p in points],
+        "failures": failures,
+    }
+    out.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+    print(f"\nwritten: {out}")
+    return 1 if failures else 0
+
+
+def serve_ray(argv: list[str]) -> int:
+    """The ray-default and ray-direct driver (a subprocess; the path comes from its env)."""
+    port = int(argv[0])
+    config = ray_llm_config(POOL_ID, dense_checkpoint(dict(os.environ)), ENGINE_KWARGS, 256)
+    return serve_ray_llm(port, config, "ray-llm")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["_serve-ray"]:
+        sys.exit(serve_ray(sys.argv[2:]))
+    sys.exit(asyncio.run(main(sys.argv[1:])))

@@ -234,7 +234,7 @@ def test_paths_expect_their_route_and_mock_env():
         mock_engine.ENGINE_CLS_ENV: "service.mock_engine.MockEngine",
         mock_engine.ITL_ENV: "20",
     }
-    direct = bench.direct_env({}, 20.0, Path("/nowhere"))
+    direct = bench.direct_streaming_env(env, Path("/nowhere"))
     assert direct["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert direct["RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING"] == "1"
     assert direct["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/nowhere/admin.sock"

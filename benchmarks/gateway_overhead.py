@@ -15,9 +15,9 @@ Workloads: short (a short chat, 16 out), decode (~50 in, 256 out), prefill (~1,5
 each prompt starts differently, so the prefix cache does not serve it); at each concurrency.
 Per point: TTFT p50/p95, ITL p50/p95 (gaps between chunks that carry output, pooled over
 requests), requests/s, output tokens/s (from each stream's usage), and the CPU seconds per
-request spent by every process of the stack except vLLM's engine cores (read from /proc over
-the measured window: servers, proxies, Ray's own processes). Ratios are against `vllm` in the
-same run; its "outside the engine" is vLLM's own API server.
+request spent by every process of the stack except vLLM's engine core and model workers (read
+from /proc over the measured window: servers, proxies, Ray's own processes). Ratios are
+against `vllm` in the same run; its "outside the engine" is vLLM's own API server.
 
     make bench            # or: .venv/bin/python benchmarks/gateway_overhead.py --help
 """

@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:
 from service.local_ports import free_port  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-ENGINE_TITLE = "VLLM::EngineCore"  # vLLM's setproctitle for its engine-core processes
+# vLLM's process titles (setproctitle) for its engine core and its model-runner workers.
+ENGINE_TITLES = ("VLLM::EngineCore", "VLLM::Worker")
 
 
 def bench_env() -> dict[str, str]:
@@ -87,7 +88,7 @@ class ProcessCpu:
 
     @property
     def is_engine(self) -> bool:
-        return self.title.startswith(ENGINE_TITLE)
+        return self.title.startswith(ENGINE_TITLES)
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -129,7 +130,7 @@ def process_tree(root: int) -> dict[int, ProcessCpu]:
 
 @dataclass(frozen=True)
 class CpuSpent:
-    engine_s: float  # vLLM engine-core processes
+    engine_s: float  # vLLM's engine-core and worker processes
     outside_s: float  # every other process of the stack: servers, proxies, Ray
     engine_processes: int
     processes: int

@@ -6,10 +6,11 @@ Setups, one after the other, each driven by streamed chat requests (aiohttp, thi
   ray-default          Ray Serve LLM `build_openai_app`, its defaults (Serve proxy -> router
                        -> LLMServer replica, tokens as Ray objects)
   ray-direct           the same with Ray's direct streaming (HAProxy -> the replica's own app)
-  gemma-serve          `gemma-serve up` with both embedded pools, as `make run` starts them;
+  gemma-serve          `gemma-serve up` with both embedded pools, as `make run` starts them
+                       (HAProxy ingress -> gateway -> the pool replica's own vLLM app);
                        requests name the dense pool
-  gemma-serve-haproxy  the same with Ray Serve's HAProxy ingress in place of its Python proxy
-                       (RAY_SERVE_ENABLE_HA_PROXY=1); not measured unless asked for
+  gemma-serve-serve-proxy  the same with `server.ingress: serve-proxy` (Serve's Python proxy
+                       in front of the gateway)
 
 Workloads: short (a short chat, 16 out), decode (~50 in, 256 out), prefill (~1,500 in, 16 out;
 each prompt starts differently, so the prefix cache does not serve it); at each concurrency.
@@ -44,7 +45,6 @@ from harness import (
     cpu_spent,
     dense_checkpoint,
     direct_streaming_env,
-    haproxy_env,
     machine_info,
     percentile,
     process_tree,
@@ -58,7 +58,7 @@ from service.local_ports import free_port
 POOL_ID = "gemma-4-31b-it"
 MOE_POOL_ID = "gemma-4-26b-a4b-it"
 MAX_MODEL_LEN = 2048
-SETUPS = ("vllm", "ray-default", "ray-direct", "gemma-serve", "gemma-serve-haproxy")
+SETUPS = ("vllm", "ray-default", "ray-direct", "gemma-serve", "gemma-serve-serve-proxy")
 WORKDIR = ROOT / ".cache" / "bench"
 # The engine arguments gemma-serve gives a CPU pool (service/catalog.py), for every setup.
 ENGINE_KWARGS = {
@@ -257,9 +257,13 @@ def start_vllm(checkpoint: Path, port: int, env: dict[str, str], log) -> subproc
     )
 
 
-def stack_config(metrics_port: int) -> str:
+def stack_config(metrics_port: int, ingress: str = "haproxy") -> str:
     """Both embedded pools, as `make run` starts them."""
-    lines = [f"telemetry: {{metrics_port: {metrics_port}}}", "pools:"]
+    lines = [
+        f"server: {{ingress: {ingress}}}",
+        f"telemetry: {{metrics_port: {metrics_port}}}",
+        "pools:",
+    ]
     for pool_id, variant in ((MOE_POOL_ID, "moe"), (POOL_ID, "dense")):
         lines.append(
             f"  - {{id: {pool_id}, checkpoint: 'tiny:{variant}', device: cpu,"
@@ -268,9 +272,9 @@ def stack_config(metrics_port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_gemma_serve(port: int, env: dict[str, str], log) -> subprocess.Popen:
-    config = WORKDIR / "gateway_overhead.yaml"
-    config.write_text(stack_config(free_port()))
+def start_gemma_serve(port: int, env: dict[str, str], ingress: str, log) -> subprocess.Popen:
+    config = WORKDIR / f"gateway_overhead-{ingress}.yaml"
+    config.write_text(stack_config(free_port(), ingress))
     command = [str(ROOT / ".venv/bin/gemma-serve"), "up", "--config", str(config)]
     return subprocess.Popen(
         [*command, "--port", str(port)],
@@ -296,8 +300,8 @@ def start(setup: str, port: int, env: dict[str, str], scratch: Path, log) -> sub
     if setup == "ray-direct":
         return start_ray(port, direct_streaming_env(env, scratch), log)
     if setup == "gemma-serve":
-        return start_gemma_serve(port, env, log)
-    return start_gemma_serve(port, haproxy_env(env, scratch), log)
+        return start_gemma_serve(port, env, "haproxy", log)
+    return start_gemma_serve(port, env, "serve-proxy", log)
 
 
 async def wait_ready(base: str, process: subprocess.Popen, timeout_s: float) -> None:
@@ -384,7 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--setups", nargs="+", choices=SETUPS, default=list(SETUPS[:4]), help="stacks to measure"
+        "--setups", nargs="+", choices=SETUPS, default=list(SETUPS), help="stacks to measure"
     )
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])

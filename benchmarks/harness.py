@@ -35,6 +35,9 @@ def bench_env() -> dict[str, str]:
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # A CPU engine's KV cache, as gemma-serve gives each tiny pool (cpu_kv_cache_gib);
+        # vLLM's default is a share of the machine's memory, which two engines do not fit.
+        "VLLM_CPU_KVCACHE_SPACE": "1",
     }.items():
         env.setdefault(name, value)
     return env
@@ -177,12 +180,8 @@ def direct_streaming_env(env: dict[str, str], haproxy: Path) -> dict[str, str]:
     our own: its defaults are fixed paths in /tmp and fixed ports. Ray puts the files in a
     folder named by the node id under these, and a socket path may be 107 bytes at most: keep
     `haproxy` short (a folder in /tmp, not in the checkout)."""
-    return haproxy_env(env, haproxy) | {"RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1"}
-
-
-def haproxy_env(env: dict[str, str], haproxy: Path) -> dict[str, str]:
-    """Ray Serve's HAProxy ingress in place of its Python proxy (see direct_streaming_env)."""
     return env | {
+        "RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy / "admin.sock"),

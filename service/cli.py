@@ -159,8 +159,12 @@ def start_service(settings: Settings) -> None:
     from ray import serve
 
     from service.app import APP_NAME, build_app
+    from service.ingress import ingress_env, wait_until_served
 
     settings = local_placement(settings)
+    if not settings.ray.address:
+        # Ray's processes read it from the environment they start with.
+        os.environ.update(ingress_env(settings.server))
     local: dict[str, Any] = (
         {}
         if settings.ray.address
@@ -184,6 +188,8 @@ def start_service(settings: Settings) -> None:
         }
     )
     serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    if not settings.ray.address:
+        wait_until_served(settings.server)
 
 
 @contextmanager

@@ -39,8 +39,6 @@ from service.streaming import carries_output
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-# After withdrawing, a replica keeps serving while gateways still hold its old entry.
-DRAIN_GRACE_S = 2 * replica_directory.ANNOUNCE_EVERY_S + 1
 POOL_HTTP_ENV = "GEMMA_SERVE_POOL_HTTP"
 
 
@@ -137,7 +135,7 @@ class PoolServer(LLMServer):
         self._announcer = asyncio.create_task(self._announce_forever())
 
     async def _announce_forever(self) -> None:
-        while True:
+        while not self._engine_dead():
             stats = self._stats
             entry = ReplicaEntry(
                 pool_id=self._llm_config.model_id,
@@ -153,18 +151,26 @@ class PoolServer(LLMServer):
             except Exception:  # the GCS may be restarting: the next beat tries again
                 log.warning("could not announce this pool replica", exc_info=True)
             await asyncio.sleep(replica_directory.ANNOUNCE_EVERY_S)
+        # Gateways stop choosing it now, not when Serve's health check restarts it.
+        log.error("the engine of this pool replica died: withdrawn from the gateways")
+        self._http.guard.refusing = "engine dead"
+        await asyncio.to_thread(self._withdraw)
+
+    def _engine_dead(self) -> bool:
+        client = getattr(self.engine, "_engine_client", None)
+        return bool(getattr(client, "errored", False))
+
+    def _withdraw(self) -> None:
+        replica_directory.withdraw(self._app_name, self._llm_config.model_id, self._replica_id)
 
     async def __del__(self) -> None:
         """Serve calls this when the replica is removed: gateways stop sending to it, the
         requests they sent finish, then the engine stops."""
         if getattr(self, "_announcer", None) is not None:
             self._announcer.cancel()
-            pool_id = self._llm_config.model_id
-            await asyncio.to_thread(
-                replica_directory.withdraw, self._app_name, pool_id, self._replica_id
-            )
+            await asyncio.to_thread(self._withdraw)
             timeout_s = self._llm_config.deployment_config.get("graceful_shutdown_timeout_s", 20)
-            await self._http.drain(DRAIN_GRACE_S, timeout_s)
+            await self._http.drain(timeout_s)
         if getattr(self, "_grammar", None) is not None:
             self._grammar.close()
         await super().__del__()

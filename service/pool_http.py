@@ -21,6 +21,9 @@ log = logging.getLogger(__name__)
 
 # The gateway sets it when a request needs the pool's own checks (most need none).
 CHECK_HEADER = "x-gemma-check"
+# On a 503 from a replica that takes no new requests (it is going, or its engine died): the
+# gateway sends the request to another replica instead of relaying the refusal.
+UNAVAILABLE_HEADER = "x-gemma-replica-unavailable"
 CHECKED_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 # (endpoint, body) -> an error body with its status, or None when the request may go on.
@@ -34,10 +37,14 @@ class GuardMiddleware:
         self.app = app
         self._checker = checker
         self.ongoing = 0
+        self.refusing: str | None = None  # why new requests are refused ("draining", ...)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
+            return
+        if self.refusing is not None:
+            await _send_unavailable(send, self.refusing)
             return
         self.ongoing += 1
         try:
@@ -88,12 +95,12 @@ class PoolHttpServer:
         self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         return self.url
 
-    async def drain(self, grace_s: float, timeout_s: float) -> None:
-        """Waits `grace_s` (gateways notice the withdrawal), then for the requests in
-        flight to finish, at most `timeout_s` in all; then stops serving."""
+    async def drain(self, timeout_s: float) -> None:
+        """Refuses new requests (a gateway that has not seen the withdrawal yet sends them to
+        another replica), waits for those in flight, at most `timeout_s`; then stops."""
+        self.guard.refusing = "draining"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        await asyncio.sleep(min(grace_s, timeout_s))
         while self.guard.ongoing and loop.time() < deadline:
             await asyncio.sleep(0.1)
         if self.guard.ongoing:
@@ -134,7 +141,15 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replayed
 
 
-async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
+async def _send_unavailable(send: Any, why: str) -> None:
+    message = f"this pool replica takes no new requests ({why})"
+    body = {"error": {"message": message, "type": "ServiceUnavailable", "param": None, "code": 503}}
+    await _send_json(send, 503, body, [(UNAVAILABLE_HEADER.encode(), why.encode())])
+
+
+async def _send_json(
+    send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
@@ -143,6 +158,7 @@ async def _send_json(send: Any, status: int, body: dict[str, Any]) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(payload)).encode()),
+                *headers,
             ],
         }
     )

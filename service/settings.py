@@ -43,6 +43,9 @@ class ServerSettings(Strict):
     aliases: list[str] = Field(default_factory=lambda: ["gemma-4", "auto"])
     gateway_replicas: int = Field(1, ge=1)
     gateway_max_ongoing_requests: int = Field(1000, ge=1)
+    ingress: Literal["haproxy", "serve-proxy"] = Field(
+        "haproxy", description="what takes client connections in front of the gateways"
+    )
 
 
 class BoundsSettings(Strict):

@@ -1,51 +1,35 @@
 """The OpenAI-compatible HTTP surface of the gateway, as a FastAPI app.
 
 Built by `create_app` from settings and a pool backend, so tests can drive it with a fake
-backend and the Serve deployment can build it once per replica.
+backend and the Serve deployment can build it once per replica. Generation and the tokenizer
+go through the request pipeline (pipeline.py); the rest (models, usage, health) is here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from opentelemetry.trace import Tracer
-from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
-from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-from service import catalog, context_budget
 from service.access.gate import AccessControl, RequestContext
 from service.errors import (
-    ContextLengthExceeded,
     InvalidRequest,
     MethodNotAllowed,
     RouteNotFound,
     ServiceError,
     error_body,
 )
-from service.gateway.bounds import check_bounds
-from service.gateway.dispatch import PoolBackend, call_pool
-from service.gateway.models import ModelDirectory, anyone
-from service.gateway.multimodal import (
-    MediaLimits,
-    MediaSummary,
-    check_pool_accepts,
-    inspect_messages,
-)
-from service.gateway.native_apis import NativeApis, messages_api, responses_api
-from service.gateway.remote_media import check_public_hosts
-from service.gateway.requests import parse_as, read_json_object
-from service.routing.features import RequestFeatures, chat_features, completion_features
+from service.gateway.apis import CHAT, COMPLETIONS, MESSAGES, RESPONSES, GenerationApi
+from service.gateway.dispatch import PoolBackend
+from service.gateway.pipeline import REQUEST_ID_HEADER, TRACE_ID_HEADER, RequestPipeline
 from service.routing.load import LoadTracker
-from service.routing.policy import Decision, PoolLoad
-from service.routing.setup import build_load_tracker, build_policy
+from service.routing.setup import build_load_tracker
 from service.settings import Settings
 from service.telemetry.metrics import MetricsRecorder, NullRecorder
 from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
@@ -54,8 +38,6 @@ log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Awaitable[dict[str, bool]]]
 Handler = Callable[[RequestTelemetry, RequestContext], Awaitable[Response]]
-REQUEST_ID_HEADER = "x-request-id"
-TRACE_ID_HEADER = "x-trace-id"
 USAGE_MAX_WINDOW_S = 24 * 3600
 
 
@@ -69,12 +51,9 @@ def create_app(
     access: AccessControl | None = None,
 ) -> FastAPI:
     app = FastAPI(title="gemma-serve", docs_url=None, redoc_url=None)
-    directory = ModelDirectory(settings)
-    policy = build_policy(settings)
-    loads = loads or build_load_tracker(settings)
+    pipeline = RequestPipeline(settings, backend, loads or build_load_tracker(settings), access)
+    directory = pipeline.directory
     recorder = recorder or NullRecorder()
-    media_limits = MediaLimits(**settings.media.model_dump())
-    routing = settings.routing
     _install_error_handlers(app)
 
     async def handle(request: Request, endpoint: str, serve: Handler) -> Response:
@@ -90,151 +69,28 @@ def create_app(
             telemetry.close(_status_of(exc), exc)
             raise
 
-    async def generate(request: Request, endpoint: str, model_cls: type) -> Response:
-        return await handle(
-            request,
-            endpoint,
-            lambda telemetry, ctx: _generate(request, endpoint, model_cls, telemetry, ctx),
-        )
-
-    def authenticate(request: Request, telemetry: RequestTelemetry, ctx: RequestContext) -> None:
-        with telemetry.span("auth") as span:
-            ctx.principal = access.authenticate(request.headers) if access else None
-            if ctx.principal is not None and ctx.principal.tenant is not None:
-                telemetry.tenant = ctx.principal.tenant.id
-            if span is not None:
-                span.set_attribute("gemma.auth.mode", "api_key" if ctx.principal else "none")
-                span.set_attribute("gemma.tenant", telemetry.tenant)
-
-    native = NativeApis(settings, backend, directory, policy, loads, access, authenticate)
-    responses, messages = responses_api(), messages_api()
-
-    async def _generate(
-        request: Request,
-        method: str,
-        model_cls: type,
-        telemetry: RequestTelemetry,
-        ctx: RequestContext,
-    ) -> Response:
-        authenticate(request, telemetry, ctx)
-        raw = await read_json_object(request, settings.server.max_body_bytes)
-        check_bounds(raw, settings.bounds)
-        body = parse_as(model_cls, raw)
-        ctx.model = body.model
-        if access is not None and access.audit is not None and access.audit.include_content:
-            ctx.prompt = _prompt_text(body)
-        if not directory.is_alias(body.model):
-            # An unknown model is 404 before it is 403; the 404 lists what the caller may use.
-            tenant = ctx.principal.tenant if ctx.principal is not None else None
-            directory.pool_id(body.model, tenant.may_use if tenant is not None else anyone)
-        default_cap = access.check_request(ctx.principal, body) if access else None
-        media = None
-        if isinstance(body, ChatCompletionRequest):
-            media = inspect_messages(body.messages, media_limits)
-            if media.remote_hosts:
-                await check_public_hosts(media.remote_hosts)
-        with telemetry.span("route") as span:
-            snapshot = loads.snapshot()  # one view of pool load for routing and shedding
-            decision, features = route(request, body, media, snapshot)
-            if span is not None:
-                span.set_attributes(
-                    {"gemma.route.pool": decision.pool_id, "gemma.route.reason": decision.reason,
-                     "gemma.request.model": body.model}
-                )  # fmt: skip
-        telemetry.routed(decision.pool_id, decision.reason)
-        telemetry.prompt_estimate = features.billed_prompt_tokens
-        ctx.route_reason = decision.reason
-        pool = settings.pool(decision.pool_id)
-        # What the request would be refused for anyway comes before any refusal for load.
-        if media is not None:
-            check_pool_accepts(media, pool.id, catalog.modalities(pool), pool.max_items_per_prompt)
-        if default_cap is not None:
-            # A cap the client did not ask for must not make its prompt overflow the context.
-            body.max_tokens = fit_output(default_cap, body, catalog.max_model_len(pool))
-        _check_max_tokens(body, catalog.max_model_len(pool))
-        if access is not None:
-            load = snapshot.get(pool.id)
-            access.check_priority(ctx.principal, load, policy.thresholds, pool.id)
-        # vLLM answers only to its served id, and the response's `model` is the pool id.
-        body.model = pool.id
-        if isinstance(body, ChatCompletionRequest):
-            body = _sanitize_chat_completion_request(body)
-        headers = {"x-routed-model": pool.id, "x-route-reason": decision.reason}
-        if access is not None:
-            ctx.admission = await access.admit(
-                ctx.principal, ctx.request_id, features.billed_tokens
+    def generation(path: str, api: GenerationApi) -> None:
+        async def generate(request: Request) -> Response:
+            return await handle(
+                request, api.endpoint, lambda t, ctx: pipeline.run(request, api, t, ctx)
             )
-            if ctx.admission is not None:
-                headers |= ctx.admission.headers
-        if telemetry.trace_id:
-            headers[TRACE_ID_HEADER] = telemetry.trace_id
-        return await call_pool(
-            backend,
-            method,
-            body,
-            telemetry=telemetry,
-            timeout_s=settings.server.request_timeout_s,
-            request_id=request.headers.get(REQUEST_ID_HEADER, ""),
-            headers=headers,
-            strip_usage=_ask_for_usage(body),
-            checks=needs_pool_checks(body, catalog.max_model_len(pool)),
-            finish=loads.started(pool.id),
-        )
 
-    def route(
-        request: Request, body: Any, media: MediaSummary | None, snapshot: dict[str, PoolLoad]
-    ) -> tuple[Decision, RequestFeatures]:
-        tier = request.headers.get(routing.tier_header)
-        if media is not None:
-            features = chat_features(
-                body,
-                media.counts,
-                bytes_per_token=routing.bytes_per_token,
-                default_max_tokens=routing.default_max_tokens,
-                tier=tier,
+        app.add_api_route(path, generate, methods=["POST"], name=api.endpoint)
+
+    def tokenizer(path: str, endpoint: str) -> None:
+        async def tokenize(request: Request) -> Response:
+            return await handle(
+                request, endpoint, lambda t, ctx: pipeline.tokenizer(request, endpoint, t, ctx)
             )
-        else:
-            features = completion_features(
-                body,
-                bytes_per_token=routing.bytes_per_token,
-                default_max_tokens=routing.default_max_tokens,
-                tier=tier,
-            )
-        if directory.is_alias(body.model):
-            return policy.route(features, snapshot), features
-        return policy.pin(directory.pool_id(body.model), features), features
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await generate(request, "chat", ChatCompletionRequest)
+        app.add_api_route(path, tokenize, methods=["POST"], name=endpoint)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await generate(request, "completions", CompletionRequest)
-
-    @app.post("/v1/responses")
-    async def create_response(request: Request) -> Response:
-        return await handle(
-            request, "responses", lambda t, ctx: native.generate(request, responses, t, ctx)
-        )
-
-    @app.post("/v1/messages")
-    async def create_message(request: Request) -> Response:
-        return await handle(
-            request, "messages", lambda t, ctx: native.generate(request, messages, t, ctx)
-        )
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> Response:
-        return await handle(
-            request, "tokenize", lambda t, ctx: native.tokenizer(request, "tokenize", t, ctx)
-        )
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> Response:
-        return await handle(
-            request, "detokenize", lambda t, ctx: native.tokenizer(request, "detokenize", t, ctx)
-        )
+    generation("/v1/chat/completions", CHAT)
+    generation("/v1/completions", COMPLETIONS)
+    generation("/v1/responses", RESPONSES)
+    generation("/v1/messages", MESSAGES)
+    tokenizer("/tokenize", "tokenize")
+    tokenizer("/detokenize", "detokenize")
 
     def visible(request: Request) -> Callable[[str], bool]:
         principal = access.authenticate(request.headers) if access else None
@@ -288,69 +144,10 @@ def create_app(
     return app
 
 
-def fit_output(cap: int, body: Any, max_model_len: int) -> int:
-    """The tenant's cap, shortened to what the context leaves after the prompt's upper bound."""
-    if isinstance(body, ChatCompletionRequest):
-        prompt = context_budget.chat_prompt_bound(body)
-    else:
-        prompt = max(context_budget.completion_prompt_bounds(body), default=0)
-    return max(1, min(cap, max_model_len - prompt))
-
-
-def needs_pool_checks(body: Any, max_model_len: int) -> bool:
-    """Whether the pool must count the prompt (with max_tokens it may overflow the context)
-    or compile a grammar (under its time limit) before it generates; most requests need
-    neither, and skip the pool's parse of the body."""
-    if body.response_format is not None or body.structured_outputs is not None:
-        return True
-    max_tokens = context_budget.requested_output(body)
-    if max_tokens is None:
-        return False
-    if isinstance(body, ChatCompletionRequest):
-        bounds = [context_budget.chat_prompt_bound(body)]
-    else:
-        bounds = context_budget.completion_prompt_bounds(body)
-    return any(bound + max_tokens > max_model_len for bound in bounds)
-
-
-def _prompt_text(body: Any) -> str:
-    """The request's input for the audit log (only with access.audit_content)."""
-    if isinstance(body, ChatCompletionRequest):
-        return json.dumps(body.model_dump(mode="json", include={"messages"})["messages"])
-    return json.dumps(body.prompt if isinstance(body.prompt, str | list) else str(body.prompt))
-
-
-def _ask_for_usage(body: Any) -> bool:
-    """Streams always carry usage from the engine (token metrics, and later accounting);
-    True when the client did not ask for it, so the gateway drops it on the way out."""
-    if not body.stream:
-        return False
-    options = body.stream_options
-    if options is not None and options.include_usage:
-        return False
-    body.stream_options = StreamOptions(
-        include_usage=True,
-        continuous_usage_stats=options.continuous_usage_stats if options else False,
-    )
-    return True
-
-
 def _status_of(exc: BaseException) -> int:
     if isinstance(exc, ServiceError):
         return exc.status
     return CLIENT_CLOSED if isinstance(exc, asyncio.CancelledError) else 500
-
-
-def _check_max_tokens(body: Any, max_model_len: int) -> None:
-    # The prompt is counted by the engine; max_tokens alone can be refused here, for free.
-    limits = body.model_dump(include={"max_tokens", "max_completion_tokens"})
-    requested = limits.get("max_completion_tokens") or limits.get("max_tokens")
-    if requested is not None and requested >= max_model_len:
-        raise ContextLengthExceeded(
-            f"max_tokens is {requested}, but the model '{body.model}' has a context of "
-            f"{max_model_len} tokens, which must hold the prompt and max_tokens",
-            param="max_tokens",
-        )
 
 
 def _install_error_handlers(app: FastAPI) -> None:

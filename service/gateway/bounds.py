@@ -118,3 +118,34 @@ def _depth(value: Any) -> int:
         deepest = max(deepest, level)
         stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+def check_native_bounds(body: dict[str, Any], input_field: str, bounds: BoundsSettings) -> None:
+    """The Responses and Messages APIs' lists and grammars, under the bounds chat has."""
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("tools must be an array of objects", param="tools")
+    _count(body, input_field, bounds.max_messages)
+    items = body.get(input_field)
+    if isinstance(items, list):
+        for i, item in enumerate(items):
+            if isinstance(item, dict):
+                _count(item, "content", bounds.max_content_parts, f"{input_field}[{i}].")
+    _count(body, "stop_sequences", bounds.max_stop)
+    _count(body, "tools", bounds.max_tools)
+    for path, schema in _native_schemas(body):
+        _check_schema(schema, path, bounds)
+
+
+def _native_schemas(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """Function tools' schemas (`parameters` in Responses, `input_schema` in Messages) and
+    the Responses API's structured output (`text.format.schema`)."""
+    for i, tool in enumerate(body.get("tools") or []):
+        if isinstance(tool, dict):
+            for key in ("parameters", "input_schema"):
+                if tool.get(key) is not None:
+                    yield f"tools[{i}].{key}", tool[key]
+    text = body.get("text")
+    form = text.get("format") if isinstance(text, dict) else None
+    if isinstance(form, dict) and form.get("schema") is not None:
+        yield "text.format.schema", form["schema"]

@@ -106,6 +106,7 @@ class Gateway:
             self._recorder.keys_file_stale(keys["error"] is not None)
         await self._refresh_replicas()
         await self._read_directory()
+        self._loads.set_health(self._pool_health())
 
     async def _read_directory(self) -> None:
         """Each pool replica's address and engine figures, as the replicas announce them."""
@@ -155,7 +156,11 @@ class Gateway:
     async def _readiness(self) -> dict[str, bool]:
         if time.monotonic() - self._refreshed_at > READINESS_MAX_AGE_S:
             await self._refresh_replicas()
-        # A pool allowed to scale to zero is ready at zero: a request starts its first replica.
+        return self._pool_health()
+
+    def _pool_health(self) -> dict[str, bool]:
+        """A pool is up with a replica running (Serve's view) or announced (the replica's);
+        one allowed to scale to zero is up at zero: a request starts its first replica."""
         return {
             pool.id: pool.replicas.min == 0
             or self._replicas.get(pool.id, 0) > 0

@@ -9,12 +9,14 @@ the engine, and no other request is touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
+import anyio
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from service.errors import (
@@ -25,13 +27,16 @@ from service.errors import (
     error_body,
     from_engine_error,
 )
-from service.gateway.http_backend import PoolAnswer
+from service.gateway.http_backend import PoolAnswer, ReplicaUnavailable
 from service.streaming import OPENAI, Dialect
 from service.telemetry.request import CLIENT_CLOSED, RequestTelemetry
 
 log = logging.getLogger(__name__)
 
 DONE = "data: [DONE]\n\n"
+# In a chat or completions chunk whose choice ended (vLLM writes compact JSON).
+FINISH_MARK = '"finish_reason":"'
+USAGE_GRACE_S = 1.0
 RETRIES_BEFORE_FIRST_ITEM = 1
 
 
@@ -39,7 +44,10 @@ def _replica_lost(exc: BaseException) -> bool:
     """The replica died, is going, or was unreachable before it answered anything."""
     from ray.exceptions import ActorUnavailableError, RayActorError
 
-    return isinstance(exc, RayActorError | ActorUnavailableError | aiohttp.ClientConnectionError)
+    return isinstance(
+        exc,
+        RayActorError | ActorUnavailableError | aiohttp.ClientConnectionError | ReplicaUnavailable,
+    )
 
 
 class ResponseStream(Protocol):
@@ -110,7 +118,10 @@ async def call_pool(
     if isinstance(item, str):
         tap = _StreamTap(telemetry, strip_usage, request_id, dialect)
 
-        def close() -> None:
+        async def close() -> None:
+            if tap.finished and not tap.usage_seen:
+                # The client left after the last token: the usage event is right behind it.
+                await _read_usage(responses, tap)
             responses.cancel()
             finish()
             telemetry.close(tap.status, tap.error)
@@ -146,6 +157,8 @@ class _StreamTap:
         self.status = CLIENT_CLOSED  # until the stream runs to its end
         self.error: BaseException | None = None
         self.engine_error: ServiceError | None = None  # an error event the engine sent
+        self.finished = False  # a choice has ended: the engine's work is (nearly) done
+        self.usage_seen = False
 
     def events(self, item: Any) -> str:
         """The item's events as they go to the client."""
@@ -160,12 +173,14 @@ class _StreamTap:
                 continue
             event = _packet(part)
             if (usage := self.dialect.usage_of(event)) is not None:
+                self.usage_seen = True
                 self._telemetry.usage(*usage)
                 if self._strip_usage:
                     continue
             elif event != DONE and (self._output_started or self.dialect.carries_output(event)):
                 self._output_started = True
                 self._telemetry.output()
+            self.finished = self.finished or FINISH_MARK in event
             out.append(event)
         return "".join(out)
 
@@ -195,7 +210,9 @@ class _PoolStream(StreamingResponse):
     enough: a client gone before the first byte leaves it never started, and with it the
     engine request running and the in-flight count one too high."""
 
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], Any], **kwargs: Any):
+    def __init__(
+        self, content: AsyncIterator[str], on_close: Callable[[], Awaitable[None]], **kwargs: Any
+    ):
         super().__init__(content, **kwargs)
         self._on_close = on_close
 
@@ -204,7 +221,17 @@ class _PoolStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             # Cancelling a finished pool request is a no-op; after a disconnect it aborts it.
-            self._on_close()
+            with anyio.CancelScope(shield=True):
+                await self._on_close()
+
+
+async def _read_usage(responses: ResponseStream, tap: _StreamTap) -> None:
+    """Reads what the pool still sends, for USAGE_GRACE_S at most, until its usage event."""
+    with contextlib.suppress(Exception), anyio.move_on_after(USAGE_GRACE_S):
+        async for item in responses:
+            tap.events(item)
+            if tap.usage_seen:
+                return
 
 
 def _as_service_error(exc: BaseException, timeout_s: float, request_id: str) -> BaseException:

@@ -12,14 +12,14 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from service.errors import PoolAtCapacity
-from service.pool_http import CHECK_HEADER
+from service.pool_http import CHECK_HEADER, UNAVAILABLE_HEADER
 from service.replica_directory import ReplicaEntry
 from service.routing.replicas import Candidate, choose
 
@@ -35,7 +35,7 @@ PATHS = {
 }
 # What a pool's Serve handle serves too, for a pool with no replica announced yet.
 HANDLE_METHODS = {"chat", "completions"}
-# A replica that refused a connection is left out for this long (it may be gone).
+# A replica that refused a connection or a request is left out for this long (it may be gone).
 FAILED_REPLICA_PAUSE_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 AFFINITY_PREFIX_CHARS = 2048
@@ -43,6 +43,11 @@ EVENT_END = b"\n\n"
 RETRY_AFTER_S = 5
 # A pool serves its vLLM-only APIs (Responses, Messages, tokenizer) over HTTP only.
 WAIT_FOR_REPLICA_S = 5.0
+
+
+class ReplicaUnavailable(Exception):
+    """The replica refused the request before starting it: it is draining or its engine died.
+    Nothing reached the client; the request may go to another replica."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,8 @@ class HttpStream:
         self._headers = headers
         self._release = release
         self._response: aiohttp.ClientResponse | None = None
-        self._events: AsyncIterator[list[str]] | None = None
+        self._streaming = False
+        self._pending = b""
         self._released = False
 
     def __aiter__(self) -> HttpStream:
@@ -122,9 +128,9 @@ class HttpStream:
     async def __anext__(self) -> Any:
         if self._response is None:
             return await self._open()
-        if self._events is None:
+        if not self._streaming:
             raise StopAsyncIteration
-        return await anext(self._events)
+        return await self._next_events()
 
     async def _open(self) -> Any:
         try:
@@ -134,27 +140,37 @@ class HttpStream:
         except aiohttp.ClientConnectionError:
             self._finish(failed=True)
             raise
+        if self._response.status == 503 and UNAVAILABLE_HEADER in self._response.headers:
+            why = self._response.headers[UNAVAILABLE_HEADER]
+            self._response.release()
+            self._finish(failed=True)
+            raise ReplicaUnavailable(f"{self._url}: {why}")
         kind = self._response.headers.get("content-type", "")
         if self._response.status != 200 or not kind.startswith("text/event-stream"):
             body = await self._response.read()
             self._finish()
             return PoolAnswer(self._response.status, body)
-        self._events = self._read_events()
-        return await anext(self._events)
+        self._streaming = True
+        return await self._next_events()
 
-    async def _read_events(self) -> AsyncIterator[list[str]]:
+    async def _next_events(self) -> list[str]:
+        """The next whole events. State lives here, not in a generator, so a read cancelled
+        (the client left) can be followed by another (the gateway still wants the usage)."""
         assert self._response is not None
-        pending = b""
-        async for data in self._response.content.iter_any():
-            pending += data
-            end = pending.rfind(EVENT_END)
-            if end < 0:
-                continue
-            whole, pending = pending[: end + 2], pending[end + 2 :]
-            yield [e.decode() + "\n\n" for e in whole.split(EVENT_END) if e]
-        if pending.strip():
-            yield [pending.decode() + "\n\n"]
-        self._finish()
+        while True:
+            data = await self._response.content.readany()
+            if not data:
+                self._streaming = False
+                self._finish()
+                rest, self._pending = self._pending, b""
+                if rest.strip():
+                    return [rest.decode() + "\n\n"]
+                raise StopAsyncIteration
+            self._pending += data
+            end = self._pending.rfind(EVENT_END)
+            if end >= 0:
+                whole, self._pending = self._pending[: end + 2], self._pending[end + 2 :]
+                return [e.decode() + "\n\n" for e in whole.split(EVENT_END) if e]
 
     def cancel(self) -> None:
         """Closing the connection makes vLLM abort the request (it watches for disconnects)."""

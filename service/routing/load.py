@@ -3,7 +3,8 @@
 - In flight: each gateway replica counts the requests it has sent per pool (exact, never
   stale). With several gateway replicas each sees its share; thresholds are per pool replica,
   so a pool is called saturated late, never early.
-- Replicas: running replicas per pool, from the Serve controller.
+- Replicas: running replicas per pool, from the Serve controller; a pool is unhealthy when
+  none is running or announced and it may not sleep at zero.
 - Engine: queue length and KV-cache usage sampled from one pool replica at a time; the pool's
   queue is that sample times its replicas (Serve spreads load evenly). Samples older than the
   staleness bound are dropped, so routing fails open.
@@ -117,6 +118,7 @@ class LoadTracker:
         self._ongoing = dict.fromkeys(pool_ids, 0)
         self._slots = dict(slots_per_replica or {})
         self._replicas = dict.fromkeys(pool_ids, 1)
+        self._unhealthy: set[str] = set()
         self._engine: dict[str, EngineSample] = {}
         self._drained = {pool_id: DrainMeter() for pool_id in pool_ids}
         self._max_age_s = max_age_s
@@ -126,6 +128,10 @@ class LoadTracker:
 
     def set_replicas(self, replicas: Mapping[str, int]) -> None:
         self._replicas.update(replicas)
+
+    def set_health(self, healthy: Mapping[str, bool]) -> None:
+        """Which pools have a replica up (or may wake one from zero), as the gateway sees it."""
+        self._unhealthy = {pool_id for pool_id, ok in healthy.items() if not ok}
 
     def started(self, pool_id: str) -> Finish:
         self._ongoing[pool_id] += 1
@@ -144,6 +150,7 @@ class LoadTracker:
                 queued=self._queued(pool_id, now),
                 kv_usage=sample.kv_cache_usage if sample else 0.0,
                 drain_rate=None if per_replica is None else per_replica * max(1, replicas),
+                healthy=pool_id not in self._unhealthy,
             )
         return loads
 

@@ -44,6 +44,9 @@ class PoolLoad:
     queued: int = 0  # waiting to start: in the engines' queues and at Serve's router
     kv_usage: float = 0.0
     drain_rate: float | None = None  # requests/s the pool has shown it finishes; None: unknown
+    # False when no replica is running or announced and the pool may not sleep at zero: its
+    # replicas died or have not started. Requests to the alias go elsewhere (spill_over).
+    healthy: bool = True
 
     @property
     def predicted_wait_s(self) -> float | None:
@@ -88,6 +91,10 @@ class AllSaturated(ServiceUnavailable):
     def __init__(self, message: str, *, pool_id: str, retry_after_s: int):
         super().__init__(message, retry_after_s=retry_after_s)
         self.pool_id = pool_id  # the preferred pool: where the shed request is counted
+
+
+class NoHealthyPool(AllSaturated):
+    shed_reason = "unhealthy"
 
 
 @dataclass(frozen=True)
@@ -169,19 +176,34 @@ def spill_over(
     loads: Mapping[str, PoolLoad],
     thresholds: Thresholds,
 ) -> Candidates:
+    """The first candidate with a healthy replica and room; the order of the rest is kept."""
+    unhealthy = [p.id for p in candidates.pools if not _healthy(loads.get(p.id))]
     for index, pool in enumerate(candidates.pools):
-        if not is_saturated(loads.get(pool.id), thresholds):
+        if pool.id not in unhealthy and not is_saturated(loads.get(pool.id), thresholds):
             if index == 0:
                 return candidates
             rest = candidates.pools[:index] + candidates.pools[index + 1 :]
-            return Candidates((pool, *rest), "spill:saturated")
+            why = "unhealthy" if candidates.pools[0].id in unhealthy else "saturated"
+            return Candidates((pool, *rest), f"spill:{why}")
+    if len(unhealthy) == len(candidates.pools):
+        raise NoHealthyPool(
+            "no model that can serve this request has a replica up ("
+            + ", ".join(unhealthy)
+            + "); retry shortly",
+            pool_id=candidates.pools[0].id,
+            retry_after_s=thresholds.retry_after_s,
+        )
     raise AllSaturated(
-        "every model that can serve this request is at capacity ("
+        "every model that can serve this request is at capacity or down ("
         + ", ".join(p.id for p in candidates.pools)
         + "); retry shortly",
         pool_id=candidates.pools[0].id,
         retry_after_s=thresholds.retry_after_s,
     )
+
+
+def _healthy(load: PoolLoad | None) -> bool:
+    return load is None or load.healthy
 
 
 def is_saturated(load: PoolLoad | None, t: Thresholds) -> bool:

@@ -816,6 +816,31 @@ def test_ray_network_policy_opens_the_api_metrics_and_operator_ports():
     assert {8000} in ports and {8080, 44217, 44227} in ports and {8265, 52365, 8000} in ports
 
 
+@pytest.mark.parametrize(("ingress", "flag"), [(None, "1"), ("haproxy", "1"), ("serve-proxy", "0")])
+def test_every_ray_node_runs_the_ingress_the_config_names(ingress, flag):
+    values = profile("values-h100-fp8.yaml")
+    if ingress is not None:
+        values = merged(values, {"config": {"server": {"ingress": ingress}}})
+    for group_name, group in ray_groups(render(values)):
+        env = env_of(group["template"]["spec"]["containers"][0])
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"] == flag, group_name
+
+
+def test_ray_pods_reach_each_other_on_every_port_for_the_data_plane():
+    # Each pool replica serves vLLM's app on a port the OS picks; gateways connect to it
+    # directly, from any Ray pod (docs/operator-guide.md, "What runs where").
+    docs = render(profile("values-h100-fp8.yaml"))
+    policy = one(docs, "NetworkPolicy", f"{RELEASE}-ray")
+    open_rules = [rule for rule in policy["spec"]["ingress"] if "ports" not in rule]
+    for _, group in ray_groups(docs):
+        pod = group["template"]["metadata"]["labels"]
+        assert any(
+            selects(peer.get("podSelector", {}), pod) and "namespaceSelector" not in peer
+            for rule in open_rules
+            for peer in rule.get("from", [])
+        )
+
+
 @pytest.mark.parametrize("name", GPU_PROFILES)
 def test_disruption_budgets_use_whole_pod_counts(name):
     docs = render(profile(name))

@@ -8,9 +8,9 @@ import aiohttp
 import pytest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from service.gateway.api import needs_pool_checks
+from service.gateway.apis import needs_pool_checks
 from service.gateway.http_backend import HttpBackend, PoolAnswer, affinity_key
-from service.pool_http import CHECK_HEADER, GuardMiddleware
+from service.pool_http import CHECK_HEADER, UNAVAILABLE_HEADER, GuardMiddleware
 from service.replica_directory import ReplicaEntry
 from service.routing.replicas import Candidate, choose
 
@@ -227,3 +227,105 @@ def test_a_replica_that_refuses_connections_is_left_out_for_a_while():
         return chosen._url
 
     assert asyncio.run(run()).startswith("http://127.0.0.1:1/")
+
+
+def test_a_draining_pool_guard_refuses_new_requests_and_says_why():
+    guard = GuardMiddleware(echo_app, None)
+    guard.refusing = "draining"
+    sent = asgi_call(guard, "/v1/chat/completions", b"{}")
+    assert sent[0]["status"] == 503
+    assert (UNAVAILABLE_HEADER.encode(), b"draining") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["code"] == 503
+    assert guard.ongoing == 0
+
+
+async def serve_draining_then(parts: list[bytes]):
+    """Two replicas: one refusing as a draining one does, one streaming `parts`."""
+    from aiohttp import web
+
+    async def draining(request):
+        return web.json_response(
+            {"error": {"message": "draining", "code": 503}},
+            status=503,
+            headers={UNAVAILABLE_HEADER: "draining"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", draining)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    live_runner, live_url = await serve_sse(parts)
+    return [runner, live_runner], f"http://127.0.0.1:{port}", live_url
+
+
+def test_a_request_refused_by_a_draining_replica_is_retried_on_another():
+    from service.gateway.dispatch import call_pool
+    from service.telemetry.metrics import NullRecorder
+    from service.telemetry.request import RequestTelemetry
+
+    parts = [b'data: {"choices": [{"delta": {"content": "ok"}}]}\n\n', b"data: [DONE]\n\n"]
+
+    async def run():
+        runners, draining_url, live_url = await serve_draining_then(parts)
+        backend = HttpBackend(Fallback(), affinity={"dense": None})
+        # The draining replica first: with nothing in flight the choice falls to chance.
+        backend.set_replicas({"dense": [entry(draining_url)]})
+        backend._replicas["dense"].append(entry(live_url))
+        backend._in_flight[live_url] = 1  # so the draining replica is chosen first
+        request = ChatCompletionRequest.model_validate({**SCHEMA_BODY, "stream": True})
+        telemetry = RequestTelemetry("chat", "/v1/chat/completions", {}, NullRecorder())
+        telemetry.routed("dense", "pinned")
+        response = await call_pool(
+            backend, "chat", request, telemetry=telemetry, timeout_s=5, request_id="r", headers={}
+        )
+        body = b"".join(
+            [c if isinstance(c, bytes) else c.encode() async for c in response.body_iterator]
+        )
+        paused = backend._paused_until.get(draining_url, 0)
+        await backend.aclose()
+        for runner in runners:
+            await runner.cleanup()
+        return response.status_code, body, paused
+
+    status, body, paused = asyncio.run(run())
+    assert status == 200
+    assert b'"content": "ok"' in body
+    assert paused > 0  # left out for a while, like a replica that refused the connection
+
+
+def test_a_client_that_leaves_after_the_last_token_is_billed_from_the_usage_behind_it():
+    from service.gateway.dispatch import call_pool
+    from service.telemetry.request import RequestTelemetry
+    from tests.unit.gateway_fakes import RecordingRecorder
+
+    finish = b'data: {"choices":[{"delta":{"content":"ok"},"finish_reason":"stop"}]}\n\n'
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":8}}\n\n'
+    parts = [b'data: {"choices":[{"delta":{"content":"a"}}]}\n\n', finish, usage]
+
+    async def run():
+        runner, url = await serve_sse(parts + [b"data: [DONE]\n\n"])
+        backend = HttpBackend(Fallback(), affinity={"dense": None})
+        backend.set_replicas({"dense": [entry(url)]})
+        recorder = RecordingRecorder()
+        telemetry = RequestTelemetry("chat", "/v1/chat/completions", {}, recorder)
+        telemetry.routed("dense", "pinned")
+        request = ChatCompletionRequest.model_validate({**SCHEMA_BODY, "stream": True})
+        response = await call_pool(
+            backend, "chat", request, telemetry=telemetry, timeout_s=5, request_id="r", headers={}
+        )
+        received = ""
+        async for chunk in response.body_iterator:  # the client reads to the last token...
+            received += chunk
+            if '"finish_reason":"stop"' in received:
+                break
+        await response.body_iterator.aclose()  # ...and leaves
+        await response._on_close()
+        await backend.aclose()
+        await runner.cleanup()
+        return recorder.outcomes
+
+    [outcome] = asyncio.run(run())
+    assert (outcome.prompt_tokens, outcome.completion_tokens) == (5, 8)

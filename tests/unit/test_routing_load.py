@@ -122,3 +122,11 @@ def test_a_pool_that_drains_with_requests_at_its_router_is_rated_at_what_it_drai
         finish()  # each leaves requests waiting
     now[0] = 1100.0 + DRAIN_BUCKET_S
     assert tracker.snapshot()["a"].drain_rate == 5 / DRAIN_BUCKET_S
+
+
+def test_a_pool_marked_down_is_unhealthy_in_the_snapshot_until_it_is_up_again():
+    tracker = LoadTracker(["moe", "dense"])
+    tracker.set_health({"moe": False, "dense": True})
+    assert [tracker.snapshot()[p].healthy for p in ("moe", "dense")] == [False, True]
+    tracker.set_health({"moe": True, "dense": True})
+    assert tracker.snapshot()["moe"].healthy

@@ -11,6 +11,7 @@ from service.routing.policy import (
     AllSaturated,
     Candidates,
     NoCapablePool,
+    NoHealthyPool,
     PoolInfo,
     PoolLoad,
     RoutingPolicy,
@@ -134,6 +135,19 @@ def test_spill_over_refuses_with_503_when_every_pool_is_saturated():
         spill_over(request(), BOTH, {"moe": busy(), "dense": busy()}, RULES)
     assert err.value.status == 503
     assert err.value.headers() == {"Retry-After": "2"}
+
+
+def test_spill_over_moves_off_a_pool_with_no_replica_up():
+    down = PoolLoad(replicas=0, ongoing=0, healthy=False)
+    out = spill_over(request(), BOTH, {"moe": down}, RULES)
+    assert (out.pools[0].id, out.reason) == ("dense", "spill:unhealthy")
+
+
+def test_spill_over_refuses_with_503_naming_the_pools_when_none_has_a_replica_up():
+    down = PoolLoad(replicas=0, ongoing=0, healthy=False)
+    with pytest.raises(NoHealthyPool, match="moe, dense") as err:
+        spill_over(request(), BOTH, {"moe": down, "dense": down}, RULES)
+    assert (err.value.status, err.value.shed_reason) == (503, "unhealthy")
 
 
 @pytest.mark.parametrize(

@@ -200,6 +200,9 @@ false, so the Ray processes and every replica on the head never see it.
   value: {{ include "gemma-serve.nodeDrainSeconds" $root | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+# config.server.ingress (docs/architecture.md): each node's Serve ingress, HAProxy by default.
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: {{ ternary "1" "0" (eq (dig "server" "ingress" "haproxy" $root.Values.config) "haproxy") | quote }}
 {{ include "gemma-serve.tmpEnv" $root }}
 {{- with $root.Values.redis.externalUrlSecret.name }}
 # access.redis_url, from the Secret: the environment overrides the application's args.

@@ -5,7 +5,7 @@ decode step) on each stream, injected into Ray Serve LLM by import path
 (RAYLLM_VLLM_ENGINE_CLS). `--streams` decode-heavy chat streams (256 of 256 tokens) start at
 once; ideal delivery is streams / ITL (12,800 tokens/s). Three paths, one after the other:
 
-  gemma-serve         the full stack (`gemma-serve up`): Serve proxy -> gateway -> the pool
+  gemma-serve         the full stack (`gemma-serve up`): HAProxy -> gateway -> the pool
                       replica's own HTTP server (the data plane) -> mock engine
   gemma-serve-handle  the same stack with the pool's HTTP server off (GEMMA_SERVE_POOL_HTTP=0):
                       the gateway falls back to the Serve handle, tokens cross Ray in batches

@@ -105,14 +105,16 @@ class Gateway:
         if (keys := self._access.keys_status()) is not None:
             self._recorder.keys_file_stale(keys["error"] is not None)
         await self._refresh_replicas()
-        await self._read_directory()
-        self._loads.set_health(self._pool_health())
-
-    async def _read_directory(self) -> None:
-        """Each pool replica's address and engine figures, as the replicas announce them."""
+        # Each pool replica's address and engine figures, as the replicas announce them.
         app_name = serve.get_replica_context().app_name
         directory = await asyncio.to_thread(replica_directory.read, app_name)
         self._backend.set_replicas(directory)
+        self._loads.set_health(self._pool_health())  # before the engine samples, which may wait
+        await self._read_engine_figures(directory)
+
+    async def _read_engine_figures(
+        self, directory: dict[str, list[replica_directory.ReplicaEntry]]
+    ) -> None:
         now_wall, now = time.time(), time.monotonic()
         for pool_id in self._pools:
             entries = directory.get(pool_id)

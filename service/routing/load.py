@@ -4,7 +4,7 @@
   stale). With several gateway replicas each sees its share; thresholds are per pool replica,
   so a pool is called saturated late, never early.
 - Replicas: running replicas per pool, from the Serve controller; a pool is unhealthy when
-  none is running or announced and it may not sleep at zero.
+  it was up, now has none running or announced, and may not sleep at zero.
 - Engine: queue length and KV-cache usage sampled from one pool replica at a time; the pool's
   queue is that sample times its replicas (Serve spreads load evenly). Samples older than the
   staleness bound are dropped, so routing fails open.
@@ -119,6 +119,7 @@ class LoadTracker:
         self._slots = dict(slots_per_replica or {})
         self._replicas = dict.fromkeys(pool_ids, 1)
         self._unhealthy: set[str] = set()
+        self._seen_up: set[str] = set()
         self._engine: dict[str, EngineSample] = {}
         self._drained = {pool_id: DrainMeter() for pool_id in pool_ids}
         self._max_age_s = max_age_s
@@ -130,8 +131,13 @@ class LoadTracker:
         self._replicas.update(replicas)
 
     def set_health(self, healthy: Mapping[str, bool]) -> None:
-        """Which pools have a replica up (or may wake one from zero), as the gateway sees it."""
-        self._unhealthy = {pool_id for pool_id, ok in healthy.items() if not ok}
+        """Which pools have a replica up (or may wake one from zero), as the gateway sees it.
+        A pool not yet seen up is starting, not down (`serve.run` can return before the
+        gateway's first look): its requests wait for its first replica, as before."""
+        self._seen_up |= {pool_id for pool_id, ok in healthy.items() if ok}
+        self._unhealthy = {
+            pool_id for pool_id, ok in healthy.items() if not ok and pool_id in self._seen_up
+        }
 
     def started(self, pool_id: str) -> Finish:
         self._ongoing[pool_id] += 1

@@ -126,7 +126,14 @@ def test_a_pool_that_drains_with_requests_at_its_router_is_rated_at_what_it_drai
 
 def test_a_pool_marked_down_is_unhealthy_in_the_snapshot_until_it_is_up_again():
     tracker = LoadTracker(["moe", "dense"])
+    tracker.set_health({"moe": True, "dense": True})
     tracker.set_health({"moe": False, "dense": True})
     assert [tracker.snapshot()[p].healthy for p in ("moe", "dense")] == [False, True]
     tracker.set_health({"moe": True, "dense": True})
+    assert tracker.snapshot()["moe"].healthy
+
+
+def test_a_pool_never_seen_up_is_starting_not_down():
+    tracker = LoadTracker(["moe"])
+    tracker.set_health({"moe": False})
     assert tracker.snapshot()["moe"].healthy

@@ -177,9 +177,10 @@ def engine_kwargs(
     args: dict[str, Any] = {
         "max_model_len": max_model_len(pool),
         "enable_prefix_caching": pool.enable_prefix_caching,
-        # Gemma 4's own tool-call and thinking syntax, parsed into OpenAI fields.
+        # Gemma 4's own tool-call and thinking syntax, parsed into OpenAI fields; forced tool
+        # choices constrained to their schemas (service/forced_tool_calls.py registers it).
         "enable_auto_tool_choice": True,
-        "tool_call_parser": "gemma4",
+        "tool_call_parser": "gemma4_forced",
         "reasoning_parser": "gemma4",
         # Compact JSON under response_format: a grammar that allows any whitespace lets a
         # model loop on blanks until max_tokens, a known failure of small and quantized models.

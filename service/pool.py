@@ -29,7 +29,7 @@ from ray.serve.llm.openai_api_models import (
 )
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from service import context_budget, replica_directory
+from service import context_budget, forced_tool_calls, replica_directory
 from service.autoscaling.serve_policy import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
 from service.grammar import specs
 from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
@@ -248,13 +248,21 @@ class PoolServer(LLMServer):
     async def _grammar_refusal(self, request: Any) -> Any:
         """A 400 when the request's grammar compiles past the pool's limit; the compile also
         fills the cache the engine takes the grammar from."""
-        grammar = specs.from_request(request) if self._grammar is not None else None
+        if self._grammar is None:
+            return None
+        forced = forced_tool_calls.forced_call_schema(request)
+        grammar = specs.from_json_schema(forced) if forced else specs.from_request(request)
         if grammar is None:
             return None
         verdict = await self._grammar.verdict(grammar)
         if not isinstance(verdict, TooSlow):
             return None
-        param = "response_format" if request.response_format is not None else "structured_outputs"
+        if forced:
+            param = "tools"
+        elif request.response_format is not None:
+            param = "response_format"
+        else:
+            param = "structured_outputs"
         message = (
             f"{param}: the grammar for this {grammar.kind} constraint took longer than "
             f"{verdict.limit_s:g} s to compile (the pool's max_grammar_compile_s); counted "

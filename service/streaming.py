@@ -11,6 +11,7 @@ from typing import Any
 DATA = "data: "
 # vLLM's final usage chunk (stream_options.include_usage) has no choices and a usage object.
 USAGE_MARK = '"choices":[],"usage":{'
+REASONING_MARK = '"reasoning":"'
 
 
 def carries_output(item: Any) -> bool:
@@ -67,14 +68,37 @@ def api_carries_output(event: str) -> bool:
     )
 
 
+def with_reasoning_content(payload: str) -> str:
+    """A chat chunk or body with its `reasoning` also under `reasoning_content`, the name most
+    clients read (DeepSeek's API gave it; vLLM 0.32 writes only `reasoning`). Only payloads
+    that hold reasoning are parsed."""
+    if REASONING_MARK not in payload:
+        return payload
+    sse = payload.startswith(DATA)
+    try:
+        data = json.loads(payload[len(DATA) :] if sse else payload)
+    except ValueError:
+        return payload
+    for choice in data.get("choices") or []:
+        for key in ("delta", "message"):
+            part = choice.get(key)
+            if isinstance(part, dict) and part.get("reasoning") is not None:
+                part["reasoning_content"] = part["reasoning"]
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"{DATA}{text}\n\n" if sse else text
+
+
 @dataclass(frozen=True)
 class Dialect:
-    """How one API's stream reads: usage, output, and whether it ends with [DONE]."""
+    """How one API's stream reads: usage, output, whether it ends with [DONE], and what the
+    gateway adds to each event or body on the way out."""
 
     usage_of: Callable[[str], tuple[int, int] | None]
     carries_output: Callable[[str], bool]
     ends_with_done: bool
+    rewrite: Callable[[str], str] | None = None
 
 
 OPENAI = Dialect(usage_of, carries_output, ends_with_done=True)
+CHAT = Dialect(usage_of, carries_output, ends_with_done=True, rewrite=with_reasoning_content)
 EVENTS = Dialect(api_usage, api_carries_output, ends_with_done=False)

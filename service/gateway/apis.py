@@ -22,7 +22,8 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 from service import context_budget
 from service.catalog import Modality
 from service.errors import InvalidRequest
-from service.gateway.bounds import check_bounds, check_native_bounds
+from service.forced_tool_calls import FORCED_CALL_FLAG, forces_a_call
+from service.gateway.bounds import check_bounds, check_native_bounds, native_output_format
 from service.gateway.multimodal import MediaLimits, MediaSummary, inspect_messages
 from service.gateway.requests import parse_as
 from service.routing.features import (
@@ -32,7 +33,7 @@ from service.routing.features import (
     estimate_text_tokens,
 )
 from service.settings import BoundsSettings, RoutingSettings
-from service.streaming import EVENTS, OPENAI, Dialect
+from service.streaming import CHAT, EVENTS, OPENAI, Dialect
 
 # Content part and block types that carry media, in the Responses and Messages APIs.
 MEDIA_TYPES = frozenset(
@@ -83,6 +84,7 @@ class GenerationApi:
     def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
         # vLLM answers only to its served id, and the response's `model` is the pool id.
         body.model = pool_id
+        _settings_for_a_forced_call(body)
         return Outgoing(body)
 
     def prompt_text(self, raw: dict[str, Any]) -> str:
@@ -96,6 +98,7 @@ class _OpenAiApi(GenerationApi):
 
     def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
         body.model = pool_id
+        _settings_for_a_forced_call(body)
         strip_usage = _ask_for_usage(body)
         return Outgoing(body, strip_usage, needs_pool_checks(body, max_model_len))
 
@@ -103,6 +106,7 @@ class _OpenAiApi(GenerationApi):
 class ChatApi(_OpenAiApi):
     endpoint = "chat"
     model_cls = ChatCompletionRequest
+    dialect = CHAT
 
     def media(self, body: Any, limits: MediaLimits) -> MediaSummary:
         return inspect_messages(body.messages, limits)
@@ -183,7 +187,8 @@ class _NativeApi(GenerationApi):
             modalities=frozenset({Modality.TEXT}),
             prompt_tokens=estimate_text_tokens(text, routing.bytes_per_token),
             max_tokens=self.requested_output(body) or routing.default_max_tokens,
-            uses_tools=bool(tools) and raw.get("tool_choice") != "none",
+            uses_tools=bool(tools) and raw.get("tool_choice") not in ("none", {"type": "none"}),
+            structured_output=_asks_for_json(raw),
         )
 
     def prompt_text(self, raw: dict[str, Any]) -> str:
@@ -212,6 +217,17 @@ class MessagesApi(_NativeApi):
 
         return AnthropicMessagesRequest
 
+    def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
+        # vLLM maps `thinking: enabled` to a token budget only; Gemma 4's template thinks
+        # when told to (`enable_thinking`), as chat's reasoning_effort tells it.
+        thinking = getattr(body.thinking, "type", None)
+        kwargs = body.chat_template_kwargs or {}
+        if thinking == "enabled" and "enable_thinking" not in kwargs:
+            body.chat_template_kwargs = kwargs | {"enable_thinking": True}
+        if getattr(body.tool_choice, "type", None) in ("any", "tool"):  # Anthropic's forced
+            _settings_for_a_forced_call(body, forced=True)
+        return super().for_pool(body, pool_id, max_model_len)
+
 
 CHAT, COMPLETIONS, RESPONSES, MESSAGES = ChatApi(), CompletionsApi(), ResponsesApi(), MessagesApi()
 
@@ -222,6 +238,8 @@ def needs_pool_checks(body: Any, max_model_len: int) -> bool:
     neither, and skip the pool's parse of the body."""
     if body.response_format is not None or body.structured_outputs is not None:
         return True
+    if getattr(body, "tools", None) and forces_a_call(body.tool_choice):
+        return True  # its grammar is the tools' schemas
     max_tokens = context_budget.requested_output(body)
     if max_tokens is None:
         return False
@@ -262,3 +280,25 @@ def _ask_for_usage(body: Any) -> bool:
         continuous_usage_stats=options.continuous_usage_stats if options else False,
     )
     return True
+
+
+def _asks_for_json(raw: dict[str, Any]) -> bool:
+    found = native_output_format(raw)
+    if found is None:
+        return False
+    where, form = found
+    # Messages' output_config.format has one type, json_schema, and may leave it out.
+    default = "json_schema" if where.startswith("output_config") else "text"
+    return form.get("type", default) in ("json_schema", "json_object")
+
+
+def _settings_for_a_forced_call(body: Any, forced: bool = False) -> None:
+    """A forced tool choice answers without thinking: vLLM starts the tools' constraint where
+    its engine sees the thought channel close, and its reasoning parser and thinking budget do
+    not always agree with that point (measured on the tiny checkpoints: thought text inside
+    the arguments). Reliable calls are the contract; reasoning before them is not. The flag
+    tells the pool's parser to stream it whole (service/forced_tool_calls.py)."""
+    forced = forced or forces_a_call(getattr(body, "tool_choice", None))
+    if forced and getattr(body, "tools", None) and hasattr(body, "chat_template_kwargs"):
+        kwargs = {"enable_thinking": False, FORCED_CALL_FLAG: True}
+        body.chat_template_kwargs = (body.chat_template_kwargs or {}) | kwargs

@@ -139,13 +139,23 @@ def check_native_bounds(body: dict[str, Any], input_field: str, bounds: BoundsSe
 
 def _native_schemas(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     """Function tools' schemas (`parameters` in Responses, `input_schema` in Messages) and
-    the Responses API's structured output (`text.format.schema`)."""
+    their structured output's (`text.format.schema`, `output_config.format.schema`)."""
     for i, tool in enumerate(body.get("tools") or []):
         if isinstance(tool, dict):
             for key in ("parameters", "input_schema"):
                 if tool.get(key) is not None:
                     yield f"tools[{i}].{key}", tool[key]
-    text = body.get("text")
-    form = text.get("format") if isinstance(text, dict) else None
-    if isinstance(form, dict) and form.get("schema") is not None:
-        yield "text.format.schema", form["schema"]
+    found = native_output_format(body)
+    if found is not None and found[1].get("schema") is not None:
+        yield f"{found[0]}.schema", found[1]["schema"]
+
+
+def native_output_format(body: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """Where a Responses (`text.format`) or Messages (`output_config.format`) request asks for
+    structured output, and what it asks for."""
+    for outer in ("text", "output_config"):
+        holder = body.get(outer)
+        form = holder.get("format") if isinstance(holder, dict) else None
+        if isinstance(form, dict):
+            return f"{outer}.format", form
+    return None

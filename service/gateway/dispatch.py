@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import anyio
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
 from service.errors import (
     DeadlineExceeded,
@@ -138,9 +138,11 @@ async def call_pool(
     if usage is not None:
         telemetry.usage(usage.prompt_tokens, usage.completion_tokens or 0)
     telemetry.close(200)
-    if isinstance(item, PoolAnswer):  # a replica's own bytes, passed on as they are
-        return Response(item.body, media_type="application/json", headers=headers)
-    return JSONResponse(item.model_dump(mode="json"), headers=headers)
+    # A replica's own bytes are passed on as they are; the Serve handle's answer is an object.
+    body = item.body if isinstance(item, PoolAnswer) else item.model_dump_json().encode()
+    if dialect.rewrite is not None:
+        body = dialect.rewrite(body.decode()).encode()
+    return Response(body, media_type="application/json", headers=headers)
 
 
 class _StreamTap:
@@ -181,7 +183,7 @@ class _StreamTap:
                 self._output_started = True
                 self._telemetry.output()
             self.finished = self.finished or FINISH_MARK in event
-            out.append(event)
+            out.append(event if self.dialect.rewrite is None else self.dialect.rewrite(event))
         return "".join(out)
 
     def ended(self, error: ServiceError | None = None) -> None:

@@ -52,6 +52,11 @@ def from_structured_outputs(params: Any) -> GrammarSpec | None:
     return GrammarSpec.of(option.name, spec)
 
 
+def from_json_schema(schema: dict[str, Any]) -> GrammarSpec:
+    """The spec for `structured_outputs.json` set to this schema (serialised as vLLM keys it)."""
+    return GrammarSpec("json", json.dumps(schema))
+
+
 def from_request(request: Any) -> GrammarSpec | None:
     """The grammar a chat or completions request asks for (`response_format` or
     `structured_outputs`), or None."""

@@ -41,7 +41,7 @@ def test_online_fp8_uses_the_per_tensor_scheme_of_current_vllm():
 
 def test_gpu_pools_get_gemma4_parsers_prefix_caching_and_context_cap():
     engine = catalog.engine_kwargs(pools("h100-fp8.yaml")["gemma-4-26b-a4b-it"])
-    assert engine["tool_call_parser"] == "gemma4"
+    assert engine["tool_call_parser"] == "gemma4_forced"
     assert engine["reasoning_parser"] == "gemma4"
     assert engine["enable_auto_tool_choice"] is True
     assert engine["enable_prefix_caching"] is True

@@ -17,7 +17,7 @@ def test_check_config_prints_every_pool_with_its_engine_args(profile, capsys):
     for pool in resolved["pools"]:
         engine = pool["llm_config"]["engine_kwargs"]
         assert engine["max_model_len"] > 0
-        assert engine["tool_call_parser"] == "gemma4"
+        assert engine["tool_call_parser"] == "gemma4_forced"
         assert "text" in pool["modalities"]
     assert resolved["routing"]["steps"] == ["capability", "size_shape", "spill_over"]
 

@@ -80,6 +80,14 @@ def test_the_pool_checks_are_asked_for_when_a_request_carries_a_grammar_or_may_o
     assert not needs_pool_checks(completion, max_model_len=2048)
 
 
+def test_a_forced_tool_choice_asks_for_the_pool_checks_its_grammar_needs():
+    plain = {k: v for k, v in SCHEMA_BODY.items() if k != "response_format"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    chat = ChatCompletionRequest.model_validate
+    assert needs_pool_checks(chat(plain | {"tools": [tool], "tool_choice": "required"}), 2048)
+    assert not needs_pool_checks(chat(plain | {"tools": [tool], "tool_choice": "auto"}), 2048)
+
+
 def test_a_whole_answer_gives_its_usage_without_a_full_parse():
     body = json.dumps(
         {"id": "x", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}

@@ -180,6 +180,65 @@ async def test_prepare_sends_messages_requests_with_tools_to_the_quality_pool(pi
     assert prepared.headers["x-route-reason"] == "shape:tools"
 
 
+@pytest.mark.parametrize(
+    ("api", "body"),
+    [
+        (RESPONSES, {"input": "hi", "tools": [{"type": "function", "name": "f"}]}),
+        (RESPONSES, {"input": "hi", "text": {"format": {"type": "json_object"}}}),
+        (MESSAGES, {"max_tokens": 8, "messages": [], "output_config": {"format": {"schema": {}}}}),
+    ],
+    ids=["responses-tools", "responses-json", "messages-json"],
+)
+async def test_native_apis_route_tools_and_structured_output_as_chat_does(pipeline, api, body):
+    prepared = await prepare(pipeline, api, {"model": "gemma-4"} | body)
+    assert prepared.pool.id == DENSE
+    assert prepared.headers["x-route-reason"] in ("shape:tools", "shape:structured-output")
+
+
+async def test_anthropic_thinking_switches_on_gemma4_thinking(pipeline):
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    body = {"model": DENSE, "max_tokens": 1100, "messages": [], "thinking": thinking}
+    prepared = await prepare(pipeline, MESSAGES, body)
+    assert prepared.outgoing.body.chat_template_kwargs == {"enable_thinking": True}
+    off = body | {"chat_template_kwargs": {"enable_thinking": False}}
+    prepared = await prepare(pipeline, MESSAGES, off)
+    assert prepared.outgoing.body.chat_template_kwargs == {"enable_thinking": False}
+
+
+@pytest.mark.parametrize(
+    ("api", "body"),
+    [
+        (CHAT, chat_body(tool_choice="required", reasoning_effort="high")),
+        (RESPONSES, {"input": "hi", "tool_choice": "required", "reasoning": {"effort": "high"}}),
+        (
+            MESSAGES,
+            {
+                "max_tokens": 1100,
+                "messages": [],
+                "tool_choice": {"type": "any"},
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+            },
+        ),
+    ],
+    ids=["chat", "responses", "messages"],
+)
+async def test_a_forced_tool_choice_answers_without_thinking(pipeline, api, body):
+    tools = {
+        CHAT: [{"type": "function", "function": {"name": "f"}}],
+        RESPONSES: [{"type": "function", "name": "f"}],
+        MESSAGES: [{"name": "f", "input_schema": {"type": "object"}}],
+    }[api]
+    prepared = await prepare(pipeline, api, {"model": DENSE} | body | {"tools": tools})
+    assert prepared.outgoing.body.chat_template_kwargs["enable_thinking"] is False
+
+
+async def test_a_native_request_whose_tool_choice_is_none_is_not_routed_for_tools(pipeline):
+    tool = {"name": "get_weather", "input_schema": {"type": "object"}}
+    body = {"model": "gemma-4", "max_tokens": 8, "messages": [], "tools": [tool]}
+    prepared = await prepare(pipeline, MESSAGES, body | {"tool_choice": {"type": "none"}})
+    assert prepared.headers["x-route-reason"] != "shape:tools"
+
+
 async def test_prepare_refuses_when_every_capable_pool_is_saturated(pipeline, loads, settings):
     for pool in (MOE, DENSE):
         for _ in range(settings.routing.max_ongoing_per_replica):

@@ -6,7 +6,8 @@
 
 {{/*
 The release's full name; the RayService carries it. KubeRay appends 6 characters for the
-RayCluster and "-serve-svc" for the Service, so it allows at most 47 (a DNS-1035 label).
+RayCluster and "-serve-svc" for the Service, so it allows at most 47 (a DNS-1035 label): a
+longer name is cut there, as charts cut theirs at 63, so any release name Helm takes installs.
 */}}
 {{- define "gemma-serve.fullname" -}}
 {{- $name := "" }}
@@ -20,9 +21,7 @@ RayCluster and "-serve-svc" for the Service, so it allows at most 47 (a DNS-1035
 {{- $name = printf "%s-%s" .Release.Name $base }}
 {{- end }}
 {{- end }}
-{{- if gt (len $name) 47 }}
-{{- fail (printf "the full name %q has %d characters; KubeRay allows a RayService at most 47: use a shorter release name or set fullnameOverride" $name (len $name)) }}
-{{- end }}
+{{- $name = $name | trunc 47 | trimSuffix "-" }}
 {{- if not (regexMatch "^[a-z]([-a-z0-9]*[a-z0-9])?$" $name) }}
 {{- fail (printf "the full name %q must be a DNS-1035 label (lowercase letters, digits, '-', starting with a letter): set fullnameOverride" $name) }}
 {{- end }}
@@ -122,10 +121,27 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- addf $t 30 }}
 {{- end }}
 
-{{/* The RayService's serveConfigV2: one application whose args are the settings, verbatim. */}}
+{{/*
+The application's args: the settings, with access.redis_url filled in with the chart's own
+Redis when it runs one and the settings name none (its name follows the release).
+*/}}
+{{- define "gemma-serve.appArgs" -}}
+{{- $args := deepCopy (.Values.config | default dict) }}
+{{- if .Values.redis.enabled }}
+{{- $access := $args.access | default dict }}
+{{- if not $access.redis_url }}
+{{- $_ := set $access "redis_url" (printf "redis://%s:6379/0" (include "gemma-serve.redisName" .)) }}
+{{- $_ := set $args "access" $access }}
+{{- end }}
+{{- end }}
+{{- toYaml $args }}
+{{- end }}
+
+{{/* The RayService's serveConfigV2: one application whose args are the settings. */}}
 {{- define "gemma-serve.serveConfig" -}}
 {{- $http := dict "host" "0.0.0.0" "port" 8000 "request_timeout_s" (include "gemma-serve.proxyTimeoutSeconds" . | float64) }}
-{{- $app := dict "name" "gemma-serve" "route_prefix" "/" "import_path" "service.app:from_args" "args" (.Values.config | default dict) }}
+{{- $args := include "gemma-serve.appArgs" . | fromYaml }}
+{{- $app := dict "name" "gemma-serve" "route_prefix" "/" "import_path" "service.app:from_args" "args" $args }}
 {{- toYaml (dict "proxy_location" "EveryNode" "http_options" $http "applications" (list $app)) }}
 {{- end }}
 
@@ -304,11 +320,8 @@ false, so the Ray processes and every replica on the head never see it.
 {{- end }}
 {{- if .Values.redis.enabled }}
 {{- $redis := include "gemma-serve.redisName" . }}
-{{- if not $access.redis_url }}
-{{- fail (printf "redis.enabled deploys Redis at redis://%s:6379/0, but config.access.redis_url is unset: set it, or disable redis" $redis) }}
-{{- end }}
-{{- if not (regexMatch (printf "^rediss?://([^@/]*@)?%s(\\.[a-z0-9.-]+)?(:6379)?(/[0-9]+)?$" $redis) $access.redis_url) }}
-{{- fail (printf "config.access.redis_url is %s, but the chart's Redis is redis://%s:6379/0 (release %q): use that URL, or disable redis to keep your own" $access.redis_url $redis .Release.Name) }}
+{{- if and $access.redis_url (not (regexMatch (printf "^rediss?://([^@/]*@)?%s(\\.[a-z0-9.-]+)?(:6379)?(/[0-9]+)?$" $redis) $access.redis_url)) }}
+{{- fail (printf "config.access.redis_url is %s, but the chart's Redis is redis://%s:6379/0 (release %q): leave it unset (the chart fills it in), or disable redis to keep your own" $access.redis_url $redis .Release.Name) }}
 {{- end }}
 {{- end }}
 {{- if and .Values.modelCache.warmup.enabled (ne .Values.modelCache.type "pvc") }}

@@ -74,13 +74,25 @@ class Gemma4ForcedToolParser(Gemma4EngineToolParser):
             return super().adjust_request(request)
         request = ToolParser.adjust_request(self, request)
         own = request.logit_bias or {}
-        banned = unsampleable_in_json(self.model_tokenizer)[: MAX_LOGIT_BIAS - len(own)]
-        request.logit_bias = own | dict.fromkeys(banned, BANNED)
+        banned = unsampleable_in_json(self.model_tokenizer)
+        if _thinks(request):
+            # The constraint starts once the engine has seen the thought channel close.
+            markers = set(self.model_tokenizer.convert_tokens_to_ids(list(REASONING_MARKERS)))
+            banned = tuple(t for t in banned if int(t) not in markers)
+        request.logit_bias = own | dict.fromkeys(banned[: MAX_LOGIT_BIAS - len(own)], BANNED)
         return request
 
 
-# The thought channel's markers stay sampleable: with thinking on (a request that did not pass
-# the gateway), the constraint starts only once the engine has seen the channel close.
+def _thinks(request: Any) -> bool:
+    """Whether thinking may be on: the gateway switches it off for forced calls; a request
+    that reached the pool another way may still ask for it."""
+    kwargs = getattr(request, "chat_template_kwargs", None) or {}
+    return kwargs.get("enable_thinking") is not False
+
+
+# Inside a JSON string the thought channel's markers are text to xgrammar, but the reasoning
+# parser takes what follows `<|channel>` for reasoning: measured, a forced call's JSON ended in
+# `reasoning` and the call was lost.
 REASONING_MARKERS = ("<|channel>", "<channel|>")
 BANNED = -100.0  # vLLM's floor for logit_bias; the grammar's mask does the rest
 # vLLM's GPU model runner takes at most 1,024 biased tokens a request (MAX_NUM_LOGIT_BIAS_TOKENS
@@ -97,9 +109,7 @@ def unsampleable_in_json(tokenizer: Any) -> tuple[str, ...]:
     admits raw control characters, which JSON forbids (the call then fails to parse and is
     silently dropped). Neither kind is ever needed in compact JSON."""
     special = {
-        token_id
-        for token_id, added in tokenizer.added_tokens_decoder.items()
-        if added.special and added.content not in REASONING_MARKERS
+        token_id for token_id, added in tokenizer.added_tokens_decoder.items() if added.special
     }
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False)
     control = {i for i, text in enumerate(texts) if any(ord(ch) < 0x20 for ch in text)}

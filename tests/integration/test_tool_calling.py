@@ -92,6 +92,32 @@ def test_a_named_choice_always_calls_that_function_with_valid_arguments(client):
         assert_valid_call("get_weather", call.function.arguments)
 
 
+def test_a_forced_call_with_free_text_strings_always_parses(client):
+    # Any character may go in these strings: what a random model samples there included raw
+    # control characters and Gemma 4's special tokens, which broke the JSON until the pool
+    # kept them out (service/forced_tool_calls.py). maxLength is not checked: see the top.
+    note = {
+        "type": "object",
+        "properties": {"note": {"type": "string", "maxLength": 24}},
+        "required": ["note"],
+    }
+    tools = [{"type": "function", "function": {"name": "take_note", "parameters": note}}]
+    for _ in range(REPEATS):
+        choice = client.chat.completions.create(
+            model=DENSE,
+            messages=ASK,
+            tools=tools,
+            tool_choice="required",
+            max_tokens=ROOM,
+            temperature=1.0,
+        ).choices[0]
+        assert choice.finish_reason == "tool_calls"
+        assert choice.message.tool_calls
+        for call in choice.message.tool_calls:
+            assert isinstance(json.loads(call.function.arguments)["note"], str)
+        assert not getattr(choice.message, "reasoning", None)
+
+
 def test_a_named_choice_of_a_nested_schema_is_valid(client):
     for _ in range(REPEATS):
         choice = chat(client, {"type": "function", "function": {"name": "book_trip"}})

@@ -77,7 +77,15 @@ def test_a_forced_call_never_samples_special_tokens_or_raw_control_characters(pa
     assert "a" not in banned and '"' not in banned
 
 
-def test_the_thought_channel_stays_open_to_a_forced_call_with_thinking_on(parser):
+def test_a_forced_call_with_thinking_off_never_opens_the_thought_channel(parser):
+    request = chat("required")
+    request.chat_template_kwargs = {"enable_thinking": False}
+    bias = parser.adjust_request(request).logit_bias
+    markers = parser.model_tokenizer.convert_tokens_to_ids(["<|channel>", "<channel|>"])
+    assert {str(i) for i in markers} <= set(bias)
+
+
+def test_the_thought_channel_stays_open_to_a_forced_call_that_may_think(parser):
     bias = parser.adjust_request(chat("required")).logit_bias
     markers = parser.model_tokenizer.convert_tokens_to_ids(["<|channel>", "<channel|>"])
     assert not {str(i) for i in markers} & set(bias)

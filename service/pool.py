@@ -29,7 +29,7 @@ from ray.serve.llm.openai_api_models import (
 )
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from service import context_budget, forced_tool_calls, replica_directory
+from service import context_budget, forced_tool_calls, replica_directory, responses_prompt
 from service.autoscaling.serve_policy import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
 from service.grammar import specs
 from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
@@ -99,6 +99,7 @@ class SchedulerStatsProbe(StatLoggerBase):
 
 class PoolServer(LLMServer):
     async def start(self) -> None:
+        responses_prompt.install()
         self._grammar = grammar_service(self._llm_config)
         if self._grammar is not None:
             # Before the engine starts: its EngineCore process inherits the address.

@@ -350,12 +350,6 @@ def test_responses_streamed_named_choice_ends_with_response_completed(client):
     assert call.name == "get_weather"
 
 
-def test_responses_usage_counts_the_same_tokens_as_chat(client):
-    response = respond(client, {"type": "function", "name": "get_weather"})
-    assert response.usage.input_tokens > 0
-    assert response.usage.output_tokens > 0
-
-
 # --- the Anthropic Messages API ---
 
 ANTHROPIC_TOOLS = [
@@ -440,3 +434,21 @@ def test_messages_tool_result_is_answered_in_the_next_turn(claude):
         tools=ANTHROPIC_TOOLS,
     )
     assert reply.stop_reason in ("end_turn", "max_tokens", "tool_use")
+
+
+def test_every_api_counts_the_same_prompt_tokens_for_the_same_conversation(client, claude):
+    """Rate limits and usage take these counts, whichever API a client uses."""
+    question = ASK[0]["content"]
+    chat_usage = chat(client, "auto", max_tokens=1).usage
+    responses_usage = client.responses.create(
+        model=DENSE, input=question, tools=RESPONSES_TOOLS, max_output_tokens=1
+    ).usage
+    messages_usage = claude.messages.create(
+        model=DENSE,
+        max_tokens=1,
+        messages=[{"role": "user", "content": question}],
+        tools=ANTHROPIC_TOOLS,
+    ).usage
+    assert chat_usage.prompt_tokens == responses_usage.input_tokens == messages_usage.input_tokens
+    assert chat_usage.completion_tokens == responses_usage.output_tokens == 1
+    assert messages_usage.output_tokens == 1

@@ -44,6 +44,8 @@ OBSERVABILITY = ROOT / "deploy" / "observability"
 CONFIGS = ROOT / "configs"
 RELEASE = "gemma-serve"
 NAMESPACE = "llm"
+# Namespaces every profile must install in (tests/unit/test_chart_release_names.py too).
+NAMESPACES = [NAMESPACE, "team-a-prod"]
 KUBERNETES = "1.32"
 GPU_PROFILES = ["values-h100-fp8.yaml", "values-h100-bf16.yaml"]
 PROFILES = [*GPU_PROFILES, "values-dev-cpu.yaml"]
@@ -212,10 +214,16 @@ def pool_settings(docs: list[dict[str, Any]]) -> Settings:
 # Lint and schemas -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("namespace", NAMESPACES)
 @pytest.mark.parametrize("name", [None, *PROFILES])
-def test_chart_lints_clean_in_strict_mode(name):
+def test_chart_lints_clean_in_strict_mode(name, namespace):
+    # Helm's lint renders under a release name of its own ("release-name").
     report = helm.lint(
-        str(CHART), values=profile(name), strict=True, kube_version=f"v{KUBERNETES}.0"
+        str(CHART),
+        values=profile(name),
+        strict=True,
+        namespace=namespace,
+        kube_version=f"v{KUBERNETES}.0",
     )
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert not problems and not report["errors"], problems or report["errors"]

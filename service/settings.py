@@ -2,7 +2,7 @@
 
 Parsed once at start (`load_settings`) and passed down as objects; nothing below this
 module reads the environment. With no file, the defaults below are the embedded profile:
-two tiny Gemma 4 checkpoints on CPU engines, bound to loopback.
+three tiny Gemma 4 checkpoints on CPU engines, bound to loopback.
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ class PoolSettings(Strict):
     id: str = Field(..., min_length=1, description="served model id")
     model: str | None = Field(None, description="catalog entry; defaults to id")
     checkpoint: str | None = Field(
-        None, description="HF repo id, local path, or tiny:dense / tiny:moe; default from catalog"
+        None,
+        description="HF repo id, local path, or tiny:dense / tiny:moe / tiny:multimodal; "
+        "default from catalog",
     )
     device: Device = Device.GPU
     weights: Weights = "bf16"
@@ -182,7 +184,8 @@ class PoolSettings(Strict):
 
 
 def embedded_pools() -> list[PoolSettings]:
-    """The two tiny stand-ins: MoE for the 26B-A4B pool, dense for the 31B pool."""
+    """The tiny stand-ins: MoE for the 26B-A4B pool, dense for the 31B pool (both text-only),
+    and the multimodal one (images, audio, video) for the E4B pool."""
     common: dict[str, Any] = {
         "device": Device.CPU,
         "max_model_len": 2048,
@@ -192,6 +195,10 @@ def embedded_pools() -> list[PoolSettings]:
     return [
         PoolSettings(id="gemma-4-26b-a4b-it", checkpoint="tiny:moe", **common),
         PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense", **common),
+        # Room for a video at the processor's budget (32 frames x 70 tokens).
+        PoolSettings(
+            id="gemma-4-e4b-it", checkpoint="tiny:multimodal", **common | {"max_model_len": 4096}
+        ),
     ]
 
 

@@ -7,8 +7,11 @@ the torch/transformers import):
 
 - ``dense``: ``Gemma4ForCausalLM`` for gemma-4-31b-it (hybrid sliding/global attention).
 - ``moe``: the same with the MoE block enabled, for gemma-4-26b-a4b-it.
+- ``multimodal``: ``Gemma4ForConditionalGeneration`` for gemma-4-e4b-it: the dense text model
+  with a vision tower and an audio tower (the E2B/E4B shape), and a processor for images
+  (PIL backend), audio (Gemma 4's feature extractor) and video (frames as images, in vLLM).
 
-Both share one small byte-level BPE tokenizer trained on an embedded corpus.
+All share one small byte-level BPE tokenizer trained on an embedded corpus.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ from typing import Any
 
 __all__ = ["TINY_VARIANTS", "build_tiny_checkpoints", "tiny_checkpoint_path"]
 
-TINY_VARIANTS: tuple[str, ...] = ("dense", "moe")
+TINY_VARIANTS: tuple[str, ...] = ("dense", "moe", "multimodal")
 
 # Bump when anything below changes in a way the hash cannot see (e.g. the build code itself).
-_RECIPE_VERSION = 1
+_RECIPE_VERSION = 2
 _MARKER = ".gemma-serve-tiny.json"
 _LOCK = ".gemma-serve-tiny.lock"
 _SEED = 20260402  # Gemma 4 release date; any constant works.
@@ -128,6 +131,39 @@ _VARIANT_CONFIG: dict[str, dict[str, Any]] = {
         "top_k_experts": 2,
         "moe_intermediate_size": 32,
     },
+    "multimodal": {},
+}
+
+# The real towers' layout at toy sizes. Head sizes of 32 and up, as vLLM's CPU kernels need.
+_VISION_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "patch_size": 16,
+    "pooling_kernel_size": 3,
+    "position_embedding_size": 1024,
+    # Soft tokens per image, as the real processor's default max_soft_tokens; vLLM reads it
+    # from here (gemma4_mm.py), and Gemma4VisionConfig does not save it unless set.
+    "default_output_length": 280,
+}
+_AUDIO_CONFIG: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    # The first must be 128, the feature extractor's mel bins: transformers sizes the
+    # subsampler's projection from it (modeling_gemma4.py, Gemma4AudioSubSampleConvProjection).
+    "subsampling_conv_channels": [128, 8],
+    "output_proj_dims": 64,
+}
+# As the real processor_config.json: 280 soft tokens per image, up to 750 per audio clip
+# (30 s at 40 ms each).
+_PROCESSOR_CONFIG: dict[str, Any] = {
+    "image_seq_length": 280,
+    "audio_seq_length": 750,
+    "audio_ms_per_token": 40,
 }
 
 # Real checkpoints ship bf16 weights; matching that exercises the same dtype path in vLLM.
@@ -500,6 +536,8 @@ def _recipe_hash(variant: str) -> str:
         "tokenizer": _TOKENIZER_SPEC,
         "libraries": _library_versions(),
     }
+    if variant == "multimodal":
+        recipe |= {"vision": _VISION_CONFIG, "audio": _AUDIO_CONFIG, "processor": _PROCESSOR_CONFIG}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -558,19 +596,71 @@ def _save_tokenizer(tokenizer: Any, directory: Path) -> None:
 
 def _save_model(variant: str, directory: Path) -> None:
     import torch
-    from transformers import Gemma4ForCausalLM, Gemma4TextConfig, GenerationConfig
+    from transformers import GenerationConfig
 
-    config = Gemma4TextConfig(**_TEXT_CONFIG, **_VARIANT_CONFIG[variant])
+    model_cls, config = _model_config(variant)
     # Seed a forked RNG so building is reproducible without touching the caller's torch RNG.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
-        model = Gemma4ForCausalLM(config).to(getattr(torch, _DTYPE)).eval()
+        model = model_cls(config).to(getattr(torch, _DTYPE)).eval()
     model.generation_config = GenerationConfig(
         bos_token_id=_BOS_ID,
         eos_token_id=[_EOS_ID, _TURN_END_ID],
         pad_token_id=_PAD_ID,
     )
     model.save_pretrained(directory)
+
+
+def _model_config(variant: str) -> tuple[Any, Any]:
+    from transformers import (
+        Gemma4Config,
+        Gemma4ForCausalLM,
+        Gemma4ForConditionalGeneration,
+        Gemma4TextConfig,
+    )
+
+    text = Gemma4TextConfig(**_TEXT_CONFIG, **_VARIANT_CONFIG[variant])
+    if variant != "multimodal":
+        return Gemma4ForCausalLM, text
+    token_ids = {token: i for i, token in enumerate(_SPECIAL_TOKENS)}
+    config = Gemma4Config(
+        text_config=text.to_dict(),
+        vision_config=_VISION_CONFIG,
+        audio_config=_AUDIO_CONFIG,
+        boi_token_id=token_ids["<|image>"],
+        eoi_token_id=token_ids["<image|>"],
+        image_token_id=token_ids["<|image|>"],
+        boa_token_id=token_ids["<|audio>"],
+        eoa_token_index=token_ids["<audio|>"],
+        audio_token_id=token_ids["<|audio|>"],
+        video_token_id=token_ids["<|video|>"],
+        tie_word_embeddings=True,
+    )
+    return Gemma4ForConditionalGeneration, config
+
+
+def _save_processor(directory: Path) -> None:
+    """processor_config.json, written out because `Gemma4Processor.save_pretrained` needs a
+    video processor, which needs torchvision (service/multimodal_compat.py). Saved without
+    one, the checkpoint loads with torchvision or without it."""
+    from transformers.models.gemma4.feature_extraction_gemma4 import Gemma4AudioFeatureExtractor
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    def as_config(processor: Any) -> dict[str, Any]:
+        config = json.loads(processor.to_json_string())  # drops arrays such as mel filters
+        config.pop("processor_class", None)
+        return config
+
+    image = as_config(Gemma4ImageProcessorPil())
+    # The PIL backend by name; the base name would pick torchvision wherever it is installed.
+    image["image_processor_type"] = Gemma4ImageProcessorPil.__name__
+    config = {
+        "processor_class": "Gemma4Processor",
+        "image_processor": image,
+        "feature_extractor": as_config(Gemma4AudioFeatureExtractor()),
+        **_PROCESSOR_CONFIG,
+    }
+    (directory / "processor_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def _build_variant(variant: str, target: Path, tokenizer: Any) -> None:
@@ -580,6 +670,8 @@ def _build_variant(variant: str, target: Path, tokenizer: Any) -> None:
     try:
         _save_model(variant, staging)
         _save_tokenizer(tokenizer, staging)
+        if variant == "multimodal":
+            _save_processor(staging)
         marker = {"recipe": _recipe_hash(variant), "variant": variant}
         (staging / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         # mkdtemp makes the dir 0700 and safetensors writes 0600; serving containers and Ray

@@ -44,11 +44,12 @@ def test_requests_reach_the_pool_that_fits_them(http, request_fields, pool, reas
     assert routed(ask(http, **request_fields)) == (pool, reason)
 
 
-def test_audio_gets_a_clear_400_when_no_pool_takes_audio(http):
+def test_audio_pinned_to_a_pool_that_takes_no_audio_gets_a_clear_400(http):
     wav = base64.b64encode(b"RIFF\x24\x00\x00\x00WAVEfmt ").decode()
-    response = ask(http, [{"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}])
+    part = {"type": "input_audio", "input_audio": {"data": wav, "format": "wav"}}
+    response = ask(http, [part], model=DENSE)
     assert response.status_code == 400
-    assert "no deployed model accepts audio input" in response.json()["error"]["message"]
+    assert "does not accept audio input" in response.json()["error"]["message"]
 
 
 def test_an_oversized_image_is_413_naming_the_part(http):

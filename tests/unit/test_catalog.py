@@ -65,15 +65,53 @@ def test_context_defaults_to_the_model_and_is_capped_by_settings():
     assert catalog.max_model_len(PoolSettings(id="gemma-4-e4b-it")) == 131072
 
 
-def test_embedded_pools_are_tiny_cpu_text_only():
+def test_embedded_pools_are_tiny_cpu_engines():
     for pool in load_settings().pools:
         kwargs = catalog.llm_config_kwargs(pool, CACHE)
         assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1}]}
         assert "accelerator_type" not in kwargs
         assert kwargs["model_loading_config"]["model_source"].startswith(str(CACHE))
-        assert catalog.modalities(pool) == {"text"}
         assert kwargs["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
         assert "tensor_parallel_size" not in kwargs["engine_kwargs"]
+
+
+def test_embedded_text_pools_take_text_and_the_e4b_pool_takes_every_medium():
+    taken = {pool.id: catalog.modalities(pool) for pool in load_settings().pools}
+    assert taken == {
+        "gemma-4-26b-a4b-it": {"text"},
+        "gemma-4-31b-it": {"text"},
+        "gemma-4-e4b-it": {"text", "image", "video", "audio"},
+    }
+
+
+def test_a_tiny_multimodal_cpu_pool_gets_media_limits_and_text_only_ones_none():
+    embedded = {pool.id: catalog.engine_kwargs(pool) for pool in load_settings().pools}
+    assert embedded["gemma-4-e4b-it"]["limit_mm_per_prompt"] == {"image": 4, "video": 4, "audio": 4}
+    assert "limit_mm_per_prompt" not in embedded["gemma-4-31b-it"]
+
+
+def test_a_tiny_multimodal_pool_narrowed_to_images_refuses_audio_in_the_engine():
+    pool = PoolSettings(
+        id="gemma-4-e4b-it",
+        checkpoint="tiny:multimodal",
+        device="cpu",
+        modalities=["text", "image"],
+    )
+    assert catalog.engine_kwargs(pool)["limit_mm_per_prompt"] == {
+        "image": 4,
+        "video": 0,
+        "audio": 0,
+    }
+
+
+def test_a_text_only_tiny_checkpoint_refuses_image_modalities():
+    with pytest.raises(ValueError, match="not accepted by tiny:dense"):
+        PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense", modalities=["text", "image"])
+
+
+def test_an_unknown_tiny_checkpoint_names_the_known_ones():
+    with pytest.raises(ValueError, match="tiny:dense or tiny:moe or tiny:multimodal"):
+        PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:e2b")
 
 
 def test_request_targets_are_set_so_autoscaling_works():

@@ -23,7 +23,7 @@ def test_one_core_is_shared_by_everything():
 
 def test_the_embedded_pools_keep_off_the_last_core():
     placed = place_cpu_pools(Settings(), [0, 1, 2, 3, 4])
-    assert [p.cpu_threads_bind for p in placed.pools] == ["0,1", "2,3"]
+    assert [p.cpu_threads_bind for p in placed.pools] == ["0", "1", "2,3"]
 
 
 def test_a_pool_with_its_own_binding_keeps_it():

@@ -8,7 +8,7 @@ import pytest
 from ray.serve.llm.openai_api_models import ErrorResponse
 
 from service.gateway.api import create_app
-from service.settings import Settings
+from service.settings import Settings, embedded_pools
 from service.telemetry.request import RequestTelemetry
 from tests.unit.gateway_fakes import (
     FakeBackend,
@@ -18,6 +18,7 @@ from tests.unit.gateway_fakes import (
 )
 
 CHAT = "/v1/chat/completions"
+TEXT_POOLS = embedded_pools()[:2]  # the MoE and the dense stand-ins, text only
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ async def test_max_tokens_beyond_the_context_is_400_with_both_numbers(client, ba
     error = assert_openai_error(
         await client.post(CHAT, json=chat_body(max_tokens=5000)), 400, "context_length_exceeded"
     )
-    assert "5000" in error["message"] and "2048" in error["message"]
+    assert "5000" in error["message"] and "4096" in error["message"]  # the alias's largest
     assert backend.calls == []
 
 
@@ -212,10 +213,11 @@ async def test_completions_use_the_completions_method(client, backend):
 async def test_models_lists_pools_and_aliases(client):
     models = (await client.get("/v1/models")).json()
     ids = [m["id"] for m in models["data"]]
-    assert ids == ["gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4", "auto"]
-    alias = models["data"][2]
-    assert alias["metadata"]["routes_to"] == ["gemma-4-26b-a4b-it", "gemma-4-31b-it"]
-    assert alias["max_model_len"] == 2048
+    pools = ["gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4-e4b-it"]
+    assert ids == [*pools, "gemma-4", "auto"]
+    alias = models["data"][3]
+    assert alias["metadata"]["routes_to"] == pools
+    assert alias["max_model_len"] == 4096
     assert models["data"][0]["max_model_len"] == 2048
 
 
@@ -267,12 +269,23 @@ async def test_a_pinned_model_says_so(client):
     assert response.headers["x-route-reason"] == "pinned"
 
 
-async def test_audio_with_no_audio_pool_is_400_saying_so(client, backend):
+async def test_audio_with_no_audio_pool_is_400_saying_so(backend, ready):
+    settings = Settings(pools=TEXT_POOLS)
+    app = create_app(settings, backend, lambda: asyncio.sleep(0, ready))
     audio = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}}
     body = chat_body(messages=[{"role": "user", "content": [audio]}])
-    error = assert_openai_error(await client.post(CHAT, json=body), 400, "no_capable_model")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        error = assert_openai_error(await c.post(CHAT, json=body), 400, "no_capable_model")
     assert "no deployed model accepts audio input" in error["message"]
     assert backend.calls == []
+
+
+async def test_audio_on_the_alias_goes_to_the_pool_that_takes_audio(client, backend):
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRiQAAABXQVZF", "format": "wav"}}
+    body = chat_body(messages=[{"role": "user", "content": [audio]}])
+    response = await client.post(CHAT, json=body)
+    assert response.headers["x-routed-model"] == "gemma-4-e4b-it"
+    assert response.headers["x-route-reason"] == "modality:audio"
 
 
 async def test_image_to_a_text_only_pool_is_400_naming_the_pool(client, backend):
@@ -293,7 +306,7 @@ async def test_oversized_image_is_413_naming_the_part(backend, ready):
 
 
 async def test_a_saturated_pool_spills_over_and_both_saturated_is_503(backend, ready):
-    settings = Settings(routing={"max_ongoing_per_replica": 1})
+    settings = Settings(pools=TEXT_POOLS, routing={"max_ongoing_per_replica": 1})
     app = create_app(settings, backend, lambda: asyncio.sleep(0, ready))
     backend.script = lambda req: [["data: {}\n\n"]] * 20
     backend.delay_s = 0.05

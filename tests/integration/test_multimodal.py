@@ -21,8 +21,10 @@ SAMPLE_RATE = 16000
 
 
 def png(width: int, height: int, seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    # Blocks of random colour: distinct per seed, and small as PNG (the stack's image limit is
+    # MAX_IMAGE_BYTES).
+    blocks = np.random.default_rng(seed).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return Image.fromarray(blocks).resize((width, height), Image.NEAREST)
 
 
 def image_part(image: Image.Image) -> dict:
@@ -124,15 +126,15 @@ def test_prompt_tokens_grow_by_the_image_tokens_the_processor_computes(client, p
     _, text_only = answer(client, model=E4B)
     for image in (png(64, 64, seed=3), png(256, 32, seed=3), png(32, 256, seed=3)):
         _, with_image = answer(client, image_part(image))
-        # The template's one <|image|> becomes <|image> + the soft tokens + <image|>.
-        assert with_image - text_only == soft_tokens(processor, image) + 1
+        # An image adds <|image>, its soft tokens and <image|>.
+        assert with_image - text_only == soft_tokens(processor, image) + 2
 
 
 def test_two_images_cost_the_tokens_of_both(client, processor):
     wide, tall = png(256, 32, seed=4), png(32, 256, seed=4)
     _, one = answer(client, image_part(wide))
     _, both = answer(client, image_part(wide), image_part(tall))
-    assert both - one == soft_tokens(processor, tall) + 1
+    assert both - one == soft_tokens(processor, tall) + 2
 
 
 def test_a_longer_clip_costs_more_prompt_tokens(client):

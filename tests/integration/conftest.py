@@ -21,7 +21,7 @@ from tests.integration.observability import (
     prometheus_available,
 )
 
-MOE, DENSE = "gemma-4-26b-a4b-it", "gemma-4-31b-it"
+MOE, DENSE, E4B = "gemma-4-26b-a4b-it", "gemma-4-31b-it", "gemma-4-e4b-it"
 REQUEST_TIMEOUT_S = 120.0
 MAX_BODY_BYTES = 256 * 1024
 MAX_IMAGE_BYTES = 1024

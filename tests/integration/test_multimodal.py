@@ -13,9 +13,8 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from service import catalog, multimodal_compat
-from tests.integration.conftest import DENSE, MOE
+from tests.integration.conftest import DENSE, E4B, MOE
 
-E4B = "gemma-4-e4b-it"
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
 SAMPLE_RATE = 16000
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from service.telemetry.promql import TTFT_BUCKET, ttft_quantile
-from tests.integration.conftest import DENSE, MOE
+from tests.integration.conftest import DENSE, E4B, MOE
 from tests.integration.observability import ROOT, RULES, series, wait_for
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -58,7 +58,7 @@ def test_one_url_serves_gateway_engine_serve_and_autoscaler_series(http, stack):
 
 @pytest.fixture(scope="module")
 def shed(stack):
-    """One alias request refused because both pools are saturated (two long streams each:
+    """One alias request refused because every pool is saturated (two long streams each:
     the session stack calls a pool saturated at two in flight per replica)."""
     started = threading.Semaphore(0)
     stop = threading.Event()
@@ -75,7 +75,7 @@ def shed(stack):
 
     holders = [
         threading.Thread(target=hold, args=(pool,), daemon=True)
-        for pool in (MOE, MOE, DENSE, DENSE)
+        for pool in (MOE, MOE, DENSE, DENSE, E4B, E4B)
     ]
     for holder in holders:
         holder.start()

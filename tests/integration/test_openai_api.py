@@ -5,7 +5,7 @@ import re
 
 import jsonschema
 
-from tests.integration.conftest import DENSE, MOE
+from tests.integration.conftest import DENSE, E4B, MOE
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -14,9 +14,9 @@ MESSAGES = [
 GREEDY = {"temperature": 0.0, "max_tokens": 16}
 
 
-def test_models_lists_both_pools_and_the_alias(client):
+def test_models_lists_every_pool_and_the_aliases(client):
     ids = [m.id for m in client.models.list().data]
-    assert ids == [MOE, DENSE, "gemma-4", "auto"]
+    assert ids == [MOE, DENSE, E4B, "gemma-4", "auto"]
 
 
 def test_chat_answers_from_the_pinned_pool(client):
@@ -225,4 +225,4 @@ def test_health_and_ready(http):
     assert http.get("/health").status_code == 200
     ready = http.get("/ready")
     assert ready.status_code == 200
-    assert ready.json()["pools"] == {MOE: True, DENSE: True}
+    assert ready.json()["pools"] == {MOE: True, DENSE: True, E4B: True}

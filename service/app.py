@@ -8,7 +8,7 @@ from typing import Any
 from ray.serve.deployment import Application
 from ray.serve.llm import build_llm_deployment
 
-from service import catalog
+from service import engine_config, ray_internals
 from service.errors import ConfigError
 from service.gateway.deployment import Gateway
 from service.pool import PoolServer
@@ -19,10 +19,11 @@ POOL_DEPLOYMENT_PREFIX = "pool:"
 
 
 def build_app(settings: Settings) -> Application:
+    ray_internals.check_version()
     cache_dir = settings.resolved_cache_dir
     pools = {
         pool.id: build_llm_deployment(
-            catalog.llm_config(pool, cache_dir, settings.telemetry, settings.media),
+            engine_config.llm_config(pool, cache_dir, settings.telemetry, settings.media),
             name_prefix=POOL_DEPLOYMENT_PREFIX,
             deployment_cls=PoolServer,
         )
@@ -36,11 +37,11 @@ def from_args(args: dict[str, Any]) -> Application:
     """Ray Serve application builder for a RayService (`import_path: service.app:from_args`):
     `args` is the settings mapping, validated exactly like a config file."""
     settings = settings_from_mapping(dict(args), "serveConfigV2 args")
-    cluster_access_problem(settings.access)
+    require_cluster_access(settings.access)
     return build_app(settings)
 
 
-def cluster_access_problem(access: AccessSettings) -> None:
+def require_cluster_access(access: AccessSettings) -> None:
     """On a cluster Serve's proxy listens on the pod network whatever server.host says, so a
     deployment without keys is open to the network: refuse it unless asked for by name."""
     if access.keys_file is None and not access.allow_unauthenticated_network_access:

@@ -15,10 +15,10 @@ from typing import Any
 
 import yaml
 
-from service import catalog
+from service import catalog, engine_config
 from service.cpu_placement import place_cpu_pools
 from service.errors import ConfigError
-from service.settings import ServerSettings, Settings, access_problem, load_settings
+from service.settings import ServerSettings, Settings, load_settings, require_safe_access
 
 # How long Serve's proxy lets a request run beyond the gateway's own deadline: the
 # gateway answers first, with a proper error.
@@ -27,10 +27,10 @@ PROXY_TIMEOUT_MARGIN_S = 5.0
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["loadtest"]:  # its own argument parser (loadtests/runner.py)
-        from loadtests.runner import main as loadtest
-
-        return loadtest(argv[1:])
+    if argv[:1] == ["loadtest"]:
+        # The load tester is a client of the service, not part of it: run it as its own program
+        # (loadtests/runner.py, its own arguments) rather than import it.
+        os.execv(sys.executable, [sys.executable, "-m", "loadtests.runner", *argv[1:]])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)
@@ -75,7 +75,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     resolved = resolved_config(settings)
     for pool in settings.pools:
         try:
-            catalog.llm_config(
+            engine_config.llm_config(
                 pool, settings.resolved_cache_dir, settings.telemetry, settings.media
             )
         except Exception as exc:  # LLMConfig's own validation, reported per pool
@@ -94,7 +94,7 @@ def resolved_config(settings: Settings) -> dict[str, Any]:
                 "id": pool.id,
                 "model": pool.catalog_id,
                 "modalities": sorted(str(m) for m in catalog.modalities(pool)),
-                "llm_config": catalog.llm_config_kwargs(
+                "llm_config": engine_config.llm_config_kwargs(
                     pool, cache_dir, settings.telemetry, settings.media
                 ),
             }
@@ -121,7 +121,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if overrides:
         server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
         try:
-            access_problem(server, settings.access)
+            require_safe_access(server, settings.access)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = settings.model_copy(update={"server": server})

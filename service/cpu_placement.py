@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from service.settings import Device, Settings
+from service.pool_settings import Device
+from service.settings import Settings
 
 
 def shares(pool_ids: Sequence[str], cores: Sequence[int]) -> dict[str, str]:

@@ -25,14 +25,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from ray.llm._internal.serve.core.configs.openai_api_models import TokenizeResponse
-from ray.llm._internal.serve.core.engine.protocol import LLMEngine
 from ray.serve.llm.openai_api_models import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ErrorResponse,
 )
 from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from service.ray_internals import LLMEngine, TokenizeResponse
 
 ENGINE_CLS = "service.mock_engine.MockEngine"
 ENGINE_CLS_ENV = "RAYLLM_VLLM_ENGINE_CLS"  # ray.llm._internal.serve.constants

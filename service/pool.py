@@ -16,12 +16,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
-)
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
-from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -30,10 +24,11 @@ from ray.serve.llm.openai_api_models import (
 from vllm.v1.metrics.loggers import StatLoggerBase
 
 from service import context_budget, forced_tool_calls, replica_directory, responses_prompt
-from service.autoscaling.serve_policy import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
+from service.autoscaling.decision import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
 from service.grammar import specs
 from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
 from service.pool_http import PoolHttpServer
+from service.ray_internals import Batcher, LLMServer, TokenizeChatRequest, TokenizeCompletionRequest
 from service.replica_directory import ReplicaEntry
 from service.streaming import carries_output
 

@@ -17,6 +17,14 @@ from typing import Any
 HOLD, UP, DOWN = "hold", "up", "down"
 
 
+# Names of the figures each pool replica reports (PoolServer.record_autoscaling_stats) and
+# the Serve policy reads.
+ENGINE_WAITING = "engine_waiting"
+KV_CACHE_USAGE = "kv_cache_usage"
+# Requests a replica serves over its own HTTP server, which Serve's request counts miss.
+HTTP_ONGOING = "http_ongoing"
+
+
 @dataclass(frozen=True)
 class ScalingParams:
     min_replicas: int

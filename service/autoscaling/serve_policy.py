@@ -4,7 +4,7 @@ Serve calls it in the controller every control-loop tick with an AutoscalingCont
 the pool's load (Serve's request count, the engine figures replicas report through
 `record_autoscaling_stats`) and, when a Prometheus is configured, the pool's TTFT p95 from
 a background-refreshed cache that turns stale data into None. Serve's own delays are set to
-zero for this policy (catalog.deployment_config): ours, in `decide`, are the ones that act.
+zero for this policy (engine_config.deployment_config): ours, in `decide`, are the ones that act.
 """
 
 from __future__ import annotations
@@ -15,16 +15,19 @@ from typing import Any
 
 from ray.serve.autoscaling_policy import PrometheusQueryMixin
 
-from service.autoscaling.decision import Decision, ScalingParams, Signals, decide
+from service.autoscaling.decision import (
+    ENGINE_WAITING,
+    HTTP_ONGOING,
+    KV_CACHE_USAGE,
+    Decision,
+    ScalingParams,
+    Signals,
+    decide,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = "gemma_serve"
-# Names of the figures PoolServer.record_autoscaling_stats reports.
-ENGINE_WAITING = "engine_waiting"
-KV_CACHE_USAGE = "kv_cache_usage"
-# Requests a replica serves over its own HTTP server, which Serve's request counts miss.
-HTTP_ONGOING = "http_ongoing"
 PROMETHEUS_FETCH_INTERVAL_S = 5.0
 PROMETHEUS_MAX_AGE_S = 30.0
 

@@ -15,7 +15,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
@@ -24,15 +23,16 @@ from service.catalog import Modality
 from service.errors import InvalidRequest
 from service.forced_tool_calls import FORCED_CALL_FLAG, forces_a_call
 from service.gateway.bounds import check_bounds, check_native_bounds, native_output_format
-from service.gateway.multimodal import MediaLimits, MediaSummary, inspect_messages
+from service.gateway.multimodal import MediaSummary, inspect_messages
 from service.gateway.requests import parse_as
+from service.ray_internals import sanitize_chat_request
 from service.routing.features import (
     RequestFeatures,
     chat_features,
     completion_features,
     estimate_text_tokens,
 )
-from service.settings import BoundsSettings, RoutingSettings
+from service.settings import BoundsSettings, MediaSettings, RoutingSettings
 from service.streaming import CHAT, EVENTS, OPENAI, Dialect
 
 # Content part and block types that carry media, in the Responses and Messages APIs.
@@ -63,7 +63,7 @@ class GenerationApi:
     def parse(self, raw: dict[str, Any]) -> Any:
         return parse_as(self.model_cls, raw)
 
-    def media(self, body: Any, limits: MediaLimits) -> MediaSummary | None:
+    def media(self, body: Any, limits: MediaSettings) -> MediaSummary | None:
         return None
 
     def features(
@@ -108,7 +108,7 @@ class ChatApi(_OpenAiApi):
     model_cls = ChatCompletionRequest
     dialect = CHAT
 
-    def media(self, body: Any, limits: MediaLimits) -> MediaSummary:
+    def media(self, body: Any, limits: MediaSettings) -> MediaSummary:
         return inspect_messages(body.messages, limits)
 
     def features(
@@ -126,7 +126,7 @@ class ChatApi(_OpenAiApi):
 
     def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
         outgoing = super().for_pool(body, pool_id, max_model_len)
-        body = _sanitize_chat_completion_request(outgoing.body)
+        body = sanitize_chat_request(outgoing.body)
         return Outgoing(body, outgoing.strip_usage, outgoing.checks)
 
     def prompt_text(self, raw: dict[str, Any]) -> str:

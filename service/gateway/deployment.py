@@ -9,13 +9,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
-from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from ray.serve.handle import DeploymentHandle
 
-from service import catalog, replica_directory
+from service import engine_config, replica_directory
 from service.access.gate import build_access
 from service.gateway.api import create_app
 from service.gateway.http_backend import HttpBackend
+from service.ray_internals import RawRequestInfo
 from service.routing.load import EngineSample
 from service.routing.setup import build_load_tracker
 from service.settings import Settings
@@ -58,7 +58,7 @@ class Gateway:
         self._backend = HttpBackend(
             HandleBackend(pools),
             affinity={
-                p.id: p.prefix_affinity_max_imbalance if catalog.prefix_affinity(p) else None
+                p.id: p.prefix_affinity_max_imbalance if engine_config.prefix_affinity(p) else None
                 for p in settings.pools
             },
         )

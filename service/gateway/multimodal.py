@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from service.catalog import Modality
 from service.errors import InvalidRequest, PayloadTooLarge
+from service.settings import MediaSettings
 
 SUPPORTED_PART_TYPES = ("text", "refusal", "image_url", "input_audio", "audio_url", "video_url")
 INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "m4a", "webm")
@@ -42,23 +43,6 @@ _MEDIA_VALUE_KEYS = {
 
 
 @dataclass(frozen=True)
-class MediaLimits:
-    max_image_bytes: int = 10 * 1024 * 1024  # decoded bytes per image
-    max_audio_bytes: int = 25 * 1024 * 1024  # decoded bytes per audio clip
-    max_video_bytes: int = 50 * 1024 * 1024
-    max_items_per_request: int = 16  # all media parts together
-    allow_remote_urls: bool = False  # http(s) URLs; data: URLs are always allowed
-    allowed_remote_domains: Sequence[str] = ()  # empty: any public host
-
-    def max_bytes(self, kind: Modality) -> int:
-        return {
-            Modality.IMAGE: self.max_image_bytes,
-            Modality.AUDIO: self.max_audio_bytes,
-            Modality.VIDEO: self.max_video_bytes,
-        }[kind]
-
-
-@dataclass(frozen=True)
 class MediaSummary:
     counts: Mapping[Modality, int]  # TEXT always (may be 0), media kinds only when present
     # (JSON path, host) of each http(s) URL: resolved by the caller before the engine fetches.
@@ -69,7 +53,7 @@ class MediaSummary:
         return frozenset({Modality.TEXT, *(k for k, n in self.counts.items() if n > 0)})
 
 
-def inspect_messages(messages: Sequence[Mapping[str, Any]], limits: MediaLimits) -> MediaSummary:
+def inspect_messages(messages: Sequence[Mapping[str, Any]], limits: MediaSettings) -> MediaSummary:
     """Validate every content part; raise InvalidRequest or PayloadTooLarge naming its path."""
     text_parts, media = _collect(messages)
     # Counted before any payload is decoded, so a request with 500 images costs nothing.
@@ -241,7 +225,7 @@ def _parse_input_audio(part: Mapping[str, Any], path: str) -> _Media:
     return _Media(path, f"{field}.data", "input_audio", Modality.AUDIO, data, audio_format)
 
 
-def _check_payload(item: _Media, limits: MediaLimits) -> str | None:
+def _check_payload(item: _Media, limits: MediaSettings) -> str | None:
     """Checks the part's payload; returns the host of a remote URL."""
     if item.audio_format is not None:
         data = _decode(item.payload, item, limits)
@@ -254,7 +238,7 @@ def _check_payload(item: _Media, limits: MediaLimits) -> str | None:
     return None
 
 
-def _check_data_url(item: _Media, limits: MediaLimits) -> None:
+def _check_data_url(item: _Media, limits: MediaSettings) -> None:
     # RFC 2397, restricted as vLLM restricts it: data:<type>[;param=value]*;base64,<data>
     comma = item.payload.find(",", 5)
     if comma < 0:
@@ -280,7 +264,7 @@ def _check_data_url(item: _Media, limits: MediaLimits) -> None:
     _check_signature(decoded, _MEDIA_TYPE_SIGNATURES.get(media_type), item, media_type)
 
 
-def _check_other_url(item: _Media, limits: MediaLimits) -> str:
+def _check_other_url(item: _Media, limits: MediaSettings) -> str:
     try:
         url = urlsplit(item.payload)
     except ValueError:
@@ -314,7 +298,7 @@ def _check_other_url(item: _Media, limits: MediaLimits) -> str:
     )
 
 
-def _decode(text: str, item: _Media, limits: MediaLimits, start: int = 0) -> bytes:
+def _decode(text: str, item: _Media, limits: MediaSettings, start: int = 0) -> bytes:
     """Decode the base64 in text[start:], refusing it by its length first if too large."""
     limit = limits.max_bytes(item.kind)
     # The size follows from the length, so an oversized payload is refused without decoding

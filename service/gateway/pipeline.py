@@ -27,7 +27,7 @@ from service.errors import ContextLengthExceeded, InvalidRequest
 from service.gateway.apis import GenerationApi, Outgoing
 from service.gateway.dispatch import PoolBackend, call_pool
 from service.gateway.models import ModelDirectory, anyone
-from service.gateway.multimodal import MediaLimits, MediaSummary, check_pool_accepts
+from service.gateway.multimodal import MediaSummary, check_pool_accepts
 from service.gateway.remote_media import check_public_hosts
 from service.gateway.requests import read_json_object
 from service.routing.features import RequestFeatures
@@ -86,7 +86,7 @@ class RequestPipeline:
         self._access = access
         self.directory = ModelDirectory(settings)
         self.policy = build_policy(settings)
-        self._media_limits = MediaLimits(**settings.media.model_dump())
+        self._media_limits = settings.media
 
     async def run(
         self, request: Request, api: GenerationApi, telemetry: RequestTelemetry, ctx: RequestContext

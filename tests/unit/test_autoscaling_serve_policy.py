@@ -2,9 +2,8 @@
 
 from types import SimpleNamespace
 
+from service.autoscaling.decision import ENGINE_WAITING, KV_CACHE_USAGE
 from service.autoscaling.serve_policy import (
-    ENGINE_WAITING,
-    KV_CACHE_USAGE,
     STATE_KEY,
     PoolAutoscalingPolicy,
     signals_from_context,

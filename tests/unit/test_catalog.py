@@ -1,9 +1,11 @@
+"""Gemma 4 model facts and what each pool's checkpoint can take."""
+
 from pathlib import Path
 
 import pytest
 
-from service import catalog
-from service.settings import MediaSettings, PoolSettings, TelemetrySettings, load_settings
+from service import catalog, engine_config
+from service.settings import PoolSettings, load_settings
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 CACHE = Path("/cache")
@@ -13,66 +15,16 @@ def pools(name: str) -> dict[str, PoolSettings]:
     return {p.id: p for p in load_settings(CONFIGS / name).pools}
 
 
-def test_31b_fp8_on_one_h100_uses_the_fp8_checkpoint_and_fp8_kv():
-    pool = pools("h100-fp8.yaml")["gemma-4-31b-it"]
-    kwargs = catalog.llm_config_kwargs(pool, CACHE)
-    engine = kwargs["engine_kwargs"]
-    assert kwargs["model_loading_config"]["model_source"] == "RedHatAI/gemma-4-31B-it-FP8-dynamic"
-    assert engine["tensor_parallel_size"] == 1
-    assert engine["kv_cache_dtype"] == "fp8"
-    assert "quantization" not in engine  # the checkpoint carries its own scheme
-    assert kwargs["accelerator_type"] == "H100"
-
-
-def test_31b_bf16_uses_two_gpus_per_replica():
-    pool = pools("h100-bf16.yaml")["gemma-4-31b-it"]
-    kwargs = catalog.llm_config_kwargs(pool, CACHE)
-    assert kwargs["model_loading_config"]["model_source"] == "google/gemma-4-31B-it"
-    assert kwargs["engine_kwargs"]["tensor_parallel_size"] == 2
-    assert "kv_cache_dtype" not in kwargs["engine_kwargs"]
-
-
 def test_online_fp8_uses_the_per_tensor_scheme_of_current_vllm():
     pool = PoolSettings(id="gemma-4-31b-it", weights="fp8-online")
-    engine = catalog.engine_kwargs(pool)
+    engine = engine_config.engine_kwargs(pool)
     assert engine["quantization"] == "fp8_per_tensor"
     assert catalog.checkpoint_source(pool, CACHE) == "google/gemma-4-31B-it"
-
-
-def test_gpu_pools_get_gemma4_parsers_prefix_caching_and_context_cap():
-    engine = catalog.engine_kwargs(pools("h100-fp8.yaml")["gemma-4-26b-a4b-it"])
-    assert engine["tool_call_parser"] == "gemma4_forced"
-    assert engine["reasoning_parser"] == "gemma4"
-    assert engine["enable_auto_tool_choice"] is True
-    assert engine["enable_prefix_caching"] is True
-    assert engine["max_model_len"] == 131072
-
-
-def test_multimodal_limits_follow_the_pool_modalities():
-    pool = PoolSettings(id="gemma-4-31b-it", modalities=["text", "image"], max_items_per_prompt=2)
-    assert catalog.engine_kwargs(pool)["limit_mm_per_prompt"] == {"image": 2, "video": 0}
-    e4b = PoolSettings(id="gemma-4-e4b-it")
-    assert catalog.engine_kwargs(e4b)["limit_mm_per_prompt"] == {"image": 4, "video": 4, "audio": 4}
-
-
-def test_text_only_gpu_pool_skips_the_encoders():
-    pool = PoolSettings(id="gemma-4-31b-it", modalities=["text"])
-    assert catalog.engine_kwargs(pool)["language_model_only"] is True
 
 
 def test_context_defaults_to_the_model_and_is_capped_by_settings():
     assert catalog.max_model_len(PoolSettings(id="gemma-4-31b-it")) == 262144
     assert catalog.max_model_len(PoolSettings(id="gemma-4-e4b-it")) == 131072
-
-
-def test_embedded_pools_are_tiny_cpu_engines():
-    for pool in load_settings().pools:
-        kwargs = catalog.llm_config_kwargs(pool, CACHE)
-        assert kwargs["placement_group_config"] == {"bundles": [{"CPU": 1}]}
-        assert "accelerator_type" not in kwargs
-        assert kwargs["model_loading_config"]["model_source"].startswith(str(CACHE))
-        assert kwargs["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
-        assert "tensor_parallel_size" not in kwargs["engine_kwargs"]
 
 
 def test_embedded_text_pools_take_text_and_the_e4b_pool_takes_every_medium():
@@ -81,26 +33,6 @@ def test_embedded_text_pools_take_text_and_the_e4b_pool_takes_every_medium():
         "gemma-4-26b-a4b-it": {"text"},
         "gemma-4-31b-it": {"text"},
         "gemma-4-e4b-it": {"text", "image", "video", "audio"},
-    }
-
-
-def test_a_tiny_multimodal_cpu_pool_gets_media_limits_and_text_only_ones_none():
-    embedded = {pool.id: catalog.engine_kwargs(pool) for pool in load_settings().pools}
-    assert embedded["gemma-4-e4b-it"]["limit_mm_per_prompt"] == {"image": 4, "video": 4, "audio": 4}
-    assert "limit_mm_per_prompt" not in embedded["gemma-4-31b-it"]
-
-
-def test_a_tiny_multimodal_pool_narrowed_to_images_refuses_audio_in_the_engine():
-    pool = PoolSettings(
-        id="gemma-4-e4b-it",
-        checkpoint="tiny:multimodal",
-        device="cpu",
-        modalities=["text", "image"],
-    )
-    assert catalog.engine_kwargs(pool)["limit_mm_per_prompt"] == {
-        "image": 4,
-        "video": 0,
-        "audio": 0,
     }
 
 
@@ -114,108 +46,9 @@ def test_an_unknown_tiny_checkpoint_names_the_known_ones():
         PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:e2b")
 
 
-def test_request_targets_are_set_so_autoscaling_works():
-    config = catalog.deployment_config(
-        PoolSettings(id="gemma-4-31b-it", replicas={"min": 1, "max": 3})
-    )
-    assert config["max_ongoing_requests"] == 64
-    autoscaling = config["autoscaling_config"]
-    assert (autoscaling["min_replicas"], autoscaling["max_replicas"]) == (1, 3)
-    assert autoscaling["target_ongoing_requests"] == 32
-
-
-def test_a_replica_removed_by_scale_down_finishes_its_requests_first():
-    config = catalog.deployment_config(PoolSettings(id="gemma-4-31b-it", drain_timeout_s=900))
-    assert config["graceful_shutdown_timeout_s"] == 900
-
-
-def test_pools_scale_with_our_policy_whose_delays_replace_serves():
-    config = catalog.autoscaling_config(
-        PoolSettings(id="gemma-4-31b-it", autoscaling={"upscale_delay_s": 7}), None
-    )
-    policy = config["policy"]
-    assert policy["policy_function"] == catalog.SLO_POLICY
-    assert policy["policy_kwargs"]["params"]["upscale_delay_s"] == 7
-    assert config["upscale_delay_s"] == config["downscale_delay_s"] == 0
-    assert "prometheus_url" not in policy["policy_kwargs"]
-
-
-def test_the_policy_reads_ttft_from_prometheus_when_one_is_configured():
-    config = catalog.autoscaling_config(PoolSettings(id="gemma-4-31b-it"), "http://prom:9090")
-    kwargs = config["policy"]["policy_kwargs"]
-    assert kwargs["prometheus_url"] == "http://prom:9090"
-    assert 'pool="gemma-4-31b-it"' in kwargs["ttft_query"]
-
-
-def test_the_requests_policy_is_serves_default_with_our_delays():
-    pool = PoolSettings(id="gemma-4-31b-it", autoscaling={"policy": "requests"})
-    config = catalog.autoscaling_config(pool, None)
-    assert "policy" not in config
-    assert config["downscale_delay_s"] == 300
-
-
-def test_engine_spans_go_to_the_configured_collector_over_http():
-    telemetry = TelemetrySettings(tracing={"otlp_endpoint": "http://otel:4318/v1/traces"})
-    pool = PoolSettings(id="gemma-4-31b-it")
-    assert catalog.engine_kwargs(pool, telemetry)["otlp_traces_endpoint"].startswith("http://otel")
-    env = catalog.runtime_env(pool, telemetry)["env_vars"]
-    assert env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] == "http/protobuf"
-    assert "otlp_traces_endpoint" not in catalog.engine_kwargs(pool, TelemetrySettings())
-
-
-def test_engine_kwargs_override_derived_args_last():
-    pool = PoolSettings(id="gemma-4-31b-it", engine_kwargs={"max_model_len": 1024, "seed": 7})
-    engine = catalog.engine_kwargs(pool)
-    assert engine["max_model_len"] == 1024
-    assert engine["seed"] == 7
-
-
-@pytest.mark.parametrize("name", ["h100-fp8.yaml", "h100-bf16.yaml", "embedded.yaml"])
-def test_every_shipped_profile_builds_valid_llm_configs(name):
-    for pool in load_settings(CONFIGS / name).pools:
-        config = catalog.llm_config(pool, CACHE)
-        assert config.model_id == pool.id
-
-
 def test_no_fp8_checkpoint_for_e4b_is_refused():
     with pytest.raises(ValueError, match="fp8-online"):
         PoolSettings(id="gemma-4-e4b-it", weights="fp8")
-
-
-def test_gpu_pools_route_by_prefix_with_a_load_guard():
-    config = catalog.deployment_config(PoolSettings(id="gemma-4-31b-it"))
-    router = config["request_router_config"]
-    assert router["request_router_class"].endswith("PrefixCacheAffinityRouter")
-    assert router["request_router_kwargs"]["imbalanced_threshold"] == 8
-
-
-def test_prefix_affinity_is_off_for_cpu_pools_unless_asked():
-    cpu = dict(id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu")
-    assert "request_router_config" not in catalog.deployment_config(PoolSettings(**cpu))
-    on = catalog.deployment_config(PoolSettings(**cpu, prefix_affinity=True))
-    assert "request_router_config" in on
-
-
-def test_a_tensor_parallel_replica_is_kept_on_one_node():
-    pool = PoolSettings(id="gemma-4-31b-it", tensor_parallel_size=2)
-    placement = catalog.llm_config_kwargs(pool, CACHE)["placement_group_config"]
-    assert placement["strategy"] == "STRICT_PACK"
-    assert catalog.llm_config(pool, CACHE).placement_group_config["strategy"] == "STRICT_PACK"
-
-
-def test_a_cpu_pools_core_binding_reaches_vllm_and_its_workers_can_be_probed():
-    pool = PoolSettings(
-        id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu", cpu_threads_bind="1"
-    )
-    assert catalog.runtime_env(pool)["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "1"
-    assert catalog.engine_kwargs(pool)["worker_extension_cls"] == (
-        "service.engine_probe.CpuEngineProbe"
-    )
-
-
-def test_an_unbound_cpu_pool_leaves_the_binding_to_vllm():
-    pool = PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu")
-    assert "VLLM_CPU_OMP_THREADS_BIND" not in catalog.runtime_env(pool)["env_vars"]
 
 
 @pytest.mark.parametrize("bind", ["0-3", "0,2,5-7", "auto", "nobind"])
@@ -229,10 +62,3 @@ def test_a_malformed_core_binding_is_refused(bind):
         PoolSettings(
             id="gemma-4-31b-it", checkpoint="tiny:dense", device="cpu", cpu_threads_bind=bind
         )
-
-
-def test_engines_fetch_media_only_from_the_allowed_domains_and_never_follow_redirects():
-    pool = PoolSettings(id="gemma-4-31b-it")
-    media = MediaSettings(allow_remote_urls=True, allowed_remote_domains=["img.example.com"])
-    assert catalog.engine_kwargs(pool, media=media)["allowed_media_domains"] == ["img.example.com"]
-    assert catalog.runtime_env(pool)["env_vars"]["VLLM_MEDIA_URL_ALLOW_REDIRECTS"] == "0"

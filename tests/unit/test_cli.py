@@ -1,5 +1,7 @@
 """`gemma-serve check-config`: what an operator runs before a rollout."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,16 @@ def test_up_with_a_broken_keys_file_refuses_naming_the_problem(tmp_path, capsys)
     config.write_text(f"access: {{keys_file: {keys}}}\n")
     assert main(["up", "--config", str(config)]) == 2
     assert "tenants.0" in capsys.readouterr().err
+
+
+def test_loadtest_runs_the_load_tester_as_its_own_program():
+    # `gemma-serve loadtest` hands over to loadtests.runner without the service importing it.
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "loadtest", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=CONFIGS.parent,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--profile" in done.stdout and "loadtests.runner" in done.stdout

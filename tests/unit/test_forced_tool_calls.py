@@ -7,7 +7,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 from vllm.tool_parsers.abstract_tool_parser import ToolParserManager
 
-from service import catalog, forced_tool_calls
+from service import engine_config, forced_tool_calls
 from service.forced_tool_calls import Gemma4ForcedToolParser, forced_call_schema
 from service.settings import PoolSettings
 from service.tinymodels import build_tiny_checkpoints
@@ -48,7 +48,7 @@ def parser(tmp_path_factory) -> Gemma4ForcedToolParser:
 
 def test_pools_use_the_forcing_parser_registered_in_vllm():
     pool = PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense")
-    name = catalog.engine_kwargs(pool)["tool_call_parser"]
+    name = engine_config.engine_kwargs(pool)["tool_call_parser"]
     assert name == forced_tool_calls.PARSER_NAME
     assert ToolParserManager.get_tool_parser(name) is Gemma4ForcedToolParser
 

@@ -11,13 +11,13 @@ import pytest
 from service.catalog import VISUAL, WITH_AUDIO, Modality
 from service.errors import InvalidRequest, PayloadTooLarge
 from service.gateway.multimodal import (
-    MediaLimits,
     MediaSummary,
     check_pool_accepts,
     inspect_messages,
 )
+from service.settings import MediaSettings
 
-DEFAULT = MediaLimits()
+DEFAULT = MediaSettings()
 
 
 def png_1x1() -> bytes:
@@ -147,13 +147,13 @@ def test_remote_url_is_refused_by_default():
 
 
 def test_remote_url_is_accepted_when_allowed():
-    limits = MediaLimits(allow_remote_urls=True)
+    limits = MediaSettings(allow_remote_urls=True)
     summary = inspect_messages([user(image("https://example.com/cat.png"))], limits)
     assert summary.counts[Modality.IMAGE] == 1
 
 
 def test_file_url_is_refused_even_when_remote_urls_are_allowed():
-    err = refusal([user(image("file:///etc/passwd"))], MediaLimits(allow_remote_urls=True))
+    err = refusal([user(image("file:///etc/passwd"))], MediaSettings(allow_remote_urls=True))
     assert "unsupported URL scheme 'file'" in err.message
     assert err.param == "messages[0].content[0].image_url.url"
 
@@ -213,7 +213,7 @@ def test_input_audio_declared_wav_that_is_not_wav_is_refused():
 
 
 def test_decoded_size_over_the_limit_is_413_naming_the_path_and_both_sizes():
-    limits = MediaLimits(max_image_bytes=len(png_1x1()) - 1)
+    limits = MediaSettings(max_image_bytes=len(png_1x1()) - 1)
     messages = [user(text()), user(text(), text(), image(PNG_URL))]
     err = refusal(messages, limits, PayloadTooLarge)
     assert err.status == 413
@@ -227,7 +227,7 @@ def test_decoded_size_over_the_limit_is_413_naming_the_path_and_both_sizes():
 @pytest.mark.parametrize("size", [66, 67, 68], ids=["no-padding", "two-pad", "one-pad"])
 def test_payload_at_exactly_the_limit_is_accepted(size):
     payload = b"\x89PNG\r\n\x1a\n" + bytes(size - 8)
-    limits = MediaLimits(max_image_bytes=size)
+    limits = MediaSettings(max_image_bytes=size)
     assert inspect_messages([user(image(data_url("image/png", payload)))], limits)
 
 
@@ -235,21 +235,21 @@ def test_oversized_payload_is_refused_before_it_is_decoded():
     # Not valid base64 either: only the size check, made from the length alone, can catch it.
     err = refusal(
         [user(image("data:image/png;base64," + "*" * 400))],
-        MediaLimits(max_image_bytes=200),
+        MediaSettings(max_image_bytes=200),
         PayloadTooLarge,
     )
     assert "decodes to 300 bytes" in err.message
 
 
 def test_audio_has_its_own_size_limit():
-    limits = MediaLimits(max_image_bytes=10**9, max_audio_bytes=10)
+    limits = MediaSettings(max_image_bytes=10**9, max_audio_bytes=10)
     err = refusal([user(input_audio(b64(wav_silence())))], limits, PayloadTooLarge)
     assert "the limit is 10 bytes per audio clip" in err.message
 
 
 def test_too_many_media_parts_are_refused_with_count_and_limit():
     messages = [user(image(PNG_URL), image(PNG_URL)), user(input_audio(b64(wav_silence())))]
-    err = refusal(messages, MediaLimits(max_items_per_request=2))
+    err = refusal(messages, MediaSettings(max_items_per_request=2))
     assert "3 media parts" in err.message and "at most 2" in err.message
     assert err.param == "messages[1].content[0]"
 

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.parser import ParserManager
 
-from service import catalog
+from service import engine_config
 from service.forced_tool_calls import FORCED_CALL_FLAG
 from service.settings import PoolSettings
 from service.tinymodels import build_tiny_checkpoints
@@ -43,7 +43,7 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def parser_cls():
-    engine = catalog.engine_kwargs(PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense"))
+    engine = engine_config.engine_kwargs(PoolSettings(id="gemma-4-31b-it", checkpoint="tiny:dense"))
     return ParserManager.get_parser(
         tool_parser_name=engine["tool_call_parser"],
         reasoning_parser_name=engine["reasoning_parser"],

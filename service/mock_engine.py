@@ -34,6 +34,8 @@ from ray.serve.llm.openai_api_models import (
 )
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from service import request_size
+
 ENGINE_CLS = "service.mock_engine.MockEngine"
 ENGINE_CLS_ENV = "RAYLLM_VLLM_ENGINE_CLS"  # ray.llm._internal.serve.constants
 ITL_ENV = "GEMMA_SERVE_MOCK_ITL_MS"
@@ -91,11 +93,7 @@ def token_text(i: int) -> str:
 def output_tokens(request: Any) -> int:
     """What the mock generates: max_completion_tokens, else max_tokens, else a default (it
     never stops early, as with ignore_eos)."""
-    return (
-        getattr(request, "max_completion_tokens", None)
-        or getattr(request, "max_tokens", None)
-        or DEFAULT_MAX_TOKENS
-    )
+    return request_size.requested_output(request) or DEFAULT_MAX_TOKENS
 
 
 def prompt_tokens(messages: Any) -> int:

@@ -29,7 +29,13 @@ from ray.serve.llm.openai_api_models import (
 )
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from service import context_budget, forced_tool_calls, replica_directory, responses_prompt
+from service import (
+    context_budget,
+    forced_tool_calls,
+    replica_directory,
+    request_size,
+    responses_prompt,
+)
 from service.autoscaling.serve_policy import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
 from service.grammar import specs
 from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
@@ -194,11 +200,11 @@ class PoolServer(LLMServer):
         max_tokens overflows the context (vLLM would shorten max_tokens silently)."""
         if error := await self._grammar_refusal(request):
             return error
-        max_tokens = context_budget.requested_output(request)
+        max_tokens = request_size.requested_output(request)
         if max_tokens is None:
             return None
         if isinstance(request, ChatCompletionRequest):
-            if not self._may_overflow(context_budget.chat_prompt_bound(request), max_tokens):
+            if not self._may_overflow(request_size.chat_prompt_bound(request), max_tokens):
                 return None
             counted = await self._count(
                 TokenizeChatRequest(
@@ -212,7 +218,7 @@ class PoolServer(LLMServer):
                 )
             )
             return self._overflow(counted, max_tokens, "messages")
-        bounds = context_budget.completion_prompt_bounds(request)
+        bounds = request_size.completion_prompt_bounds(request)
         if not any(self._may_overflow(b, max_tokens) for b in bounds):
             return None
         prompts = request.prompt

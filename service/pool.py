@@ -88,13 +88,12 @@ class SchedulerStatsProbe(StatLoggerBase):
     """Keeps the engine's latest scheduler figures for routing (queue and KV-cache usage)."""
 
     def __init__(self, vllm_config: Any = None, engine_index: int = 0):
-        self.running = self.waiting = 0
+        self.waiting = 0
         self.kv_cache_usage = 0.0
         self.at: float | None = None
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, **kwargs: Any) -> None:
         if scheduler_stats is not None:
-            self.running = scheduler_stats.num_running_reqs
             self.waiting = scheduler_stats.num_waiting_reqs
             self.kv_cache_usage = scheduler_stats.kv_cache_usage
             self.at = time.monotonic()
@@ -310,13 +309,13 @@ class PoolServer(LLMServer):
         return figures
 
     async def engine_load(self) -> dict[str, Any]:
-        """This replica's engine load: requests held, and the scheduler's latest figures
-        with their age (None when the engine has reported none yet)."""
+        """This replica's engine load: requests held (read by the integration tests), and
+        the scheduler's latest figures with their age in seconds (None when the engine has
+        reported none yet), which the gateway samples when the replica has not announced."""
         client = getattr(self.engine, "_engine_client", None)
         stats = self._stats
         return {
             "unfinished_requests": client.get_num_unfinished_requests() if client else 0,
-            "running": stats.running,
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
             "age_s": None if stats.at is None else time.monotonic() - stats.at,

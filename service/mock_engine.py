@@ -32,6 +32,7 @@ from ray.serve.llm.openai_api_models import (
 )
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from service import request_size
 from service.ray_internals import LLMEngine, TokenizeResponse
 
 ENGINE_CLS = "service.mock_engine.MockEngine"
@@ -91,11 +92,7 @@ def token_text(i: int) -> str:
 def output_tokens(request: Any) -> int:
     """What the mock generates: max_completion_tokens, else max_tokens, else a default (it
     never stops early, as with ignore_eos)."""
-    return (
-        getattr(request, "max_completion_tokens", None)
-        or getattr(request, "max_tokens", None)
-        or DEFAULT_MAX_TOKENS
-    )
+    return request_size.requested_output(request) or DEFAULT_MAX_TOKENS
 
 
 def prompt_tokens(messages: Any) -> int:

@@ -23,7 +23,13 @@ from ray.serve.llm.openai_api_models import (
 )
 from vllm.v1.metrics.loggers import StatLoggerBase
 
-from service import context_budget, forced_tool_calls, replica_directory, responses_prompt
+from service import (
+    context_budget,
+    forced_tool_calls,
+    replica_directory,
+    request_size,
+    responses_prompt,
+)
 from service.autoscaling.decision import ENGINE_WAITING, HTTP_ONGOING, KV_CACHE_USAGE
 from service.grammar import specs
 from service.grammar.service import GrammarCompileService, TooSlow, engine_tokenizer_info_json
@@ -77,13 +83,12 @@ class SchedulerStatsProbe(StatLoggerBase):
     """Keeps the engine's latest scheduler figures for routing (queue and KV-cache usage)."""
 
     def __init__(self, vllm_config: Any = None, engine_index: int = 0):
-        self.running = self.waiting = 0
+        self.waiting = 0
         self.kv_cache_usage = 0.0
         self.at: float | None = None
 
     def record(self, scheduler_stats: Any, iteration_stats: Any, **kwargs: Any) -> None:
         if scheduler_stats is not None:
-            self.running = scheduler_stats.num_running_reqs
             self.waiting = scheduler_stats.num_waiting_reqs
             self.kv_cache_usage = scheduler_stats.kv_cache_usage
             self.at = time.monotonic()
@@ -189,11 +194,11 @@ class PoolServer(LLMServer):
         max_tokens overflows the context (vLLM would shorten max_tokens silently)."""
         if error := await self._grammar_refusal(request):
             return error
-        max_tokens = context_budget.requested_output(request)
+        max_tokens = request_size.requested_output(request)
         if max_tokens is None:
             return None
         if isinstance(request, ChatCompletionRequest):
-            if not self._may_overflow(context_budget.chat_prompt_bound(request), max_tokens):
+            if not self._may_overflow(request_size.chat_prompt_bound(request), max_tokens):
                 return None
             counted = await self._count(
                 TokenizeChatRequest(
@@ -207,7 +212,7 @@ class PoolServer(LLMServer):
                 )
             )
             return self._overflow(counted, max_tokens, "messages")
-        bounds = context_budget.completion_prompt_bounds(request)
+        bounds = request_size.completion_prompt_bounds(request)
         if not any(self._may_overflow(b, max_tokens) for b in bounds):
             return None
         prompts = request.prompt
@@ -299,13 +304,13 @@ class PoolServer(LLMServer):
         return figures
 
     async def engine_load(self) -> dict[str, Any]:
-        """This replica's engine load: requests held, and the scheduler's latest figures
-        with their age (None when the engine has reported none yet)."""
+        """This replica's engine load: requests held (read by the integration tests), and
+        the scheduler's latest figures with their age in seconds (None when the engine has
+        reported none yet), which the gateway samples when the replica has not announced."""
         client = getattr(self.engine, "_engine_client", None)
         stats = self._stats
         return {
             "unfinished_requests": client.get_num_unfinished_requests() if client else 0,
-            "running": stats.running,
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
             "age_s": None if stats.at is None else time.monotonic() - stats.at,

@@ -31,7 +31,7 @@ from service.errors import (
     ShedForPriority,
     TooLargeForTokenLimit,
 )
-from service.routing.policy import PoolLoad, Thresholds, is_saturated
+from service.routing.saturation import PoolLoad, SaturationLimits, is_saturated
 from service.settings import AccessSettings, Settings
 from service.telemetry.metrics import RequestOutcome
 
@@ -113,13 +113,17 @@ class AccessControl:
         }
 
     def check_priority(
-        self, principal: Principal | None, load: PoolLoad | None, thresholds: Thresholds, pool: str
+        self,
+        principal: Principal | None,
+        load: PoolLoad | None,
+        limits: SaturationLimits,
+        pool: str,
     ) -> None:
         if principal is None:
             return
         priority = str(principal.tenant.priority)
         share = self._settings.priority_shares[priority]
-        if share < 1.0 and is_saturated(load, scaled(thresholds, share)):
+        if share < 1.0 and is_saturated(load, limits.scaled(share)):
             raise ShedForPriority(
                 f"the model pool '{pool}' is busy and keeps its remaining room for higher "
                 f"priority traffic ({priority} is shed first); retry in {self._retry_after_s} s",
@@ -266,18 +270,6 @@ def cap_max_tokens(tenant: Tenant, body: Any) -> int | None:
             param=field,
         )
     return None
-
-
-def scaled(thresholds: Thresholds, share: float) -> Thresholds:
-    """The saturation point a lower priority class sees: a share of the pool's room."""
-    return dataclasses.replace(
-        thresholds,
-        max_ongoing_per_replica=max(1, int(thresholds.max_ongoing_per_replica * share)),
-        max_queued_per_replica=int(thresholds.max_queued_per_replica * share),
-        max_queue_wait_s=(
-            None if thresholds.max_queue_wait_s is None else thresholds.max_queue_wait_s * share
-        ),
-    )
 
 
 def audit_entry(ctx: RequestContext, outcome: RequestOutcome) -> AuditEntry:

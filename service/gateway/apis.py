@@ -18,7 +18,7 @@ from typing import Any
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-from service import context_budget
+from service import request_size
 from service.catalog import Modality
 from service.errors import InvalidRequest
 from service.forced_tool_calls import FORCED_CALL_FLAG, forces_a_call
@@ -26,12 +26,7 @@ from service.gateway.bounds import check_bounds, check_native_bounds, native_out
 from service.gateway.multimodal import MediaSummary, inspect_messages
 from service.gateway.requests import parse_as
 from service.ray_internals import sanitize_chat_request
-from service.routing.features import (
-    RequestFeatures,
-    chat_features,
-    completion_features,
-    estimate_text_tokens,
-)
+from service.routing.features import RequestFeatures, chat_features, completion_features
 from service.settings import BoundsSettings, MediaSettings, RoutingSettings
 from service.streaming import CHAT, EVENTS, OPENAI, Dialect
 
@@ -94,7 +89,7 @@ class GenerationApi:
 
 class _OpenAiApi(GenerationApi):
     def requested_output(self, body: Any) -> int | None:
-        return context_budget.requested_output(body)
+        return request_size.requested_output(body)
 
     def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
         body.model = pool_id
@@ -122,7 +117,7 @@ class ChatApi(_OpenAiApi):
         )
 
     def prompt_bound(self, body: Any, features: RequestFeatures) -> int:
-        return context_budget.chat_prompt_bound(body)
+        return request_size.chat_prompt_bound(body)
 
     def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
         outgoing = super().for_pool(body, pool_id, max_model_len)
@@ -147,7 +142,7 @@ class CompletionsApi(_OpenAiApi):
         )
 
     def prompt_bound(self, body: Any, features: RequestFeatures) -> int:
-        return max(context_budget.completion_prompt_bounds(body), default=0)
+        return max(request_size.completion_prompt_bounds(body), default=0)
 
     def prompt_text(self, raw: dict[str, Any]) -> str:
         prompt = raw.get("prompt")
@@ -185,7 +180,7 @@ class _NativeApi(GenerationApi):
             text += json.dumps(tools)
         return RequestFeatures(
             modalities=frozenset({Modality.TEXT}),
-            prompt_tokens=estimate_text_tokens(text, routing.bytes_per_token),
+            prompt_tokens=request_size.estimate_text_tokens(text, routing.bytes_per_token),
             max_tokens=self.requested_output(body) or routing.default_max_tokens,
             uses_tools=bool(tools) and raw.get("tool_choice") not in ("none", {"type": "none"}),
             structured_output=_asks_for_json(raw),
@@ -240,13 +235,13 @@ def needs_pool_checks(body: Any, max_model_len: int) -> bool:
         return True
     if getattr(body, "tools", None) and forces_a_call(body.tool_choice):
         return True  # its grammar is the tools' schemas
-    max_tokens = context_budget.requested_output(body)
+    max_tokens = request_size.requested_output(body)
     if max_tokens is None:
         return False
     if isinstance(body, ChatCompletionRequest):
-        bounds = [context_budget.chat_prompt_bound(body)]
+        bounds = [request_size.chat_prompt_bound(body)]
     else:
-        bounds = context_budget.completion_prompt_bounds(body)
+        bounds = request_size.completion_prompt_bounds(body)
     return any(bound + max_tokens > max_model_len for bound in bounds)
 
 

@@ -32,7 +32,8 @@ from service.gateway.remote_media import check_public_hosts
 from service.gateway.requests import read_json_object
 from service.routing.features import RequestFeatures
 from service.routing.load import LoadTracker
-from service.routing.policy import Decision, PoolLoad
+from service.routing.policy import RouteDecision
+from service.routing.saturation import PoolLoad
 from service.routing.setup import build_policy
 from service.settings import PoolSettings, Settings
 from service.telemetry.request import RequestTelemetry
@@ -57,7 +58,7 @@ class Checked:
 
 @dataclass
 class Routed:
-    decision: Decision
+    decision: RouteDecision
     features: RequestFeatures
     load: PoolLoad | None  # the chosen pool's, from the same view routing used
 

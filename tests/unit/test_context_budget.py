@@ -4,7 +4,7 @@ import pytest
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from transformers import AutoTokenizer
 
-from service import context_budget
+from service import context_budget, request_size
 from service.tinymodels import build_tiny_checkpoints
 
 TEXTS = [
@@ -31,24 +31,24 @@ def test_chat_bound_is_at_least_the_templated_token_count(tokenizer, text):
         messages, add_generation_prompt=True, tokenize=True, return_dict=True
     )
     count = len(templated["input_ids"])
-    assert context_budget.chat_prompt_bound(request) >= count
+    assert request_size.chat_prompt_bound(request) >= count
 
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_completion_bound_is_at_least_the_token_count(tokenizer, text):
     request = CompletionRequest(model="m", prompt=text)
-    assert context_budget.completion_prompt_bounds(request) == [
-        context_budget.TOKENS_BASE + len(text.encode())
+    assert request_size.completion_prompt_bounds(request) == [
+        request_size.BOUND_TOKENS_BASE + len(text.encode())
     ]
-    assert context_budget.completion_prompt_bounds(request)[0] >= len(tokenizer(text)["input_ids"])
+    assert request_size.completion_prompt_bounds(request)[0] >= len(tokenizer(text)["input_ids"])
 
 
 def test_token_id_prompts_are_counted_exactly():
-    assert context_budget.completion_prompt_bounds(
+    assert request_size.completion_prompt_bounds(
         CompletionRequest(model="m", prompt=[1, 2, 3])
     ) == [3]
     batch = CompletionRequest(model="m", prompt=[[1, 2], [1, 2, 3, 4]])
-    assert context_budget.completion_prompt_bounds(batch) == [2, 4]
+    assert request_size.completion_prompt_bounds(batch) == [2, 4]
 
 
 def test_media_parts_count_at_their_largest_expansion():
@@ -57,12 +57,7 @@ def test_media_parts_count_at_their_largest_expansion():
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}},
     ]
     request = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": content}])
-    assert context_budget.chat_prompt_bound(request) >= context_budget.TOKENS_PER_MEDIA_PART
-
-
-def test_max_completion_tokens_wins_over_max_tokens():
-    request = ChatCompletionRequest(model="m", messages=[], max_tokens=5, max_completion_tokens=7)
-    assert context_budget.requested_output(request) == 7
+    assert request_size.chat_prompt_bound(request) >= request_size.BOUND_TOKENS_PER_MEDIA_PART
 
 
 def test_overflow_message_names_both_numbers():

@@ -94,5 +94,5 @@ def test_the_stats_probe_keeps_the_latest_scheduler_figures():
     stats = SimpleNamespace(num_running_reqs=3, num_waiting_reqs=2, kv_cache_usage=0.25)
     probe.record(stats, None, engine_idx=0)
     probe.record(None, None)  # iteration-only records leave the figures alone
-    assert (probe.running, probe.waiting, probe.kv_cache_usage) == (3, 2, 0.25)
+    assert (probe.waiting, probe.kv_cache_usage) == (2, 0.25)
     assert probe.at is not None

@@ -3,12 +3,8 @@
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from service.catalog import Modality
-from service.routing.features import (
-    MEDIA_TOKENS,
-    chat_features,
-    completion_features,
-    estimate_text_tokens,
-)
+from service.request_size import ESTIMATE_MEDIA_TOKENS, estimate_text_tokens
+from service.routing.features import MEDIA_TOKENS, chat_features, completion_features
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 
@@ -43,7 +39,9 @@ def test_media_adds_its_kind_and_its_tokens():
     plain = features(chat())
     with_images = features(chat(), {Modality.IMAGE: 2})
     assert with_images.modalities == {Modality.TEXT, Modality.IMAGE}
-    assert with_images.prompt_tokens - plain.prompt_tokens == 2 * MEDIA_TOKENS[Modality.IMAGE]
+    assert (
+        with_images.prompt_tokens - plain.prompt_tokens == 2 * ESTIMATE_MEDIA_TOKENS[Modality.IMAGE]
+    )
 
 
 def test_tools_count_unless_tool_choice_is_none():
@@ -67,3 +65,14 @@ def test_tier_is_carried_through():
     assert features(chat()).tier is None
     f = chat_features(chat(), {}, bytes_per_token=4.0, default_max_tokens=1, tier="quality")
     assert f.tier == "quality"
+
+
+def test_the_routing_media_estimate_is_the_one_estimator_s():
+    assert MEDIA_TOKENS is ESTIMATE_MEDIA_TOKENS
+
+
+def test_a_completion_prompt_of_text_is_estimated_without_template_tokens():
+    f = completion_features(
+        CompletionRequest(model="m", prompt="x" * 40), bytes_per_token=4.0, default_max_tokens=1
+    )
+    assert f.prompt_tokens == 10

@@ -49,20 +49,11 @@ from ray.serve import autoscaling_policy as serve_ap
 from ray.serve._private.common import DeploymentID
 from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
+from benchmarks.sim import report
 from benchmarks.sim.deployment import CONFIG, replica_type_for
 from benchmarks.sim.events import EventLoop, Handlers
 from benchmarks.sim.fleet_model import Replica, ReplicaType
 from benchmarks.sim.fleet_model import Sequence as EngineSequence
-from benchmarks.sim.report import (
-    RESULTS,
-    TPOT_SLO_S,
-    TTFT_SLO_S,
-    figure,
-    pct,
-    shown,
-    table,
-    within_slo,
-)
 from benchmarks.sim.signals import SCRAPE_INTERVAL_S, Prometheus, Series
 from benchmarks.sim.workload import (
     MIX,
@@ -591,8 +582,8 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
 class PolicySummary:
     policy: str
     requests: int
-    slo_ttft: float  # share of all requests with TTFT <= TTFT_SLO_S (timeouts miss)
-    slo_both: float  # ... and TPOT <= TPOT_SLO_S
+    slo_ttft: float  # share of all requests with TTFT <= report.TTFT_SLO_S (timeouts miss)
+    slo_both: float  # ... and TPOT <= report.TPOT_SLO_S
     ttft_p50: float
     ttft_p95: float
     ttft_p99: float
@@ -609,7 +600,7 @@ class PolicySummary:
 
 def met(result: RunResult) -> tuple[np.ndarray, np.ndarray]:
     """Per request: TTFT within the SLO; TTFT and TPOT within theirs (timeouts miss both)."""
-    return within_slo(result.ttft, result.tpot)
+    return report.within_slo(result.ttft, result.tpot)
 
 
 def summarise(result: RunResult) -> PolicySummary:
@@ -621,9 +612,9 @@ def summarise(result: RunResult) -> PolicySummary:
         requests=n,
         slo_ttft=float(ttft_ok.mean()) if n else math.nan,
         slo_both=float(both_ok.mean()) if n else math.nan,
-        ttft_p50=pct(served, 50),
-        ttft_p95=pct(served, 95),
-        ttft_p99=pct(served, 99),
+        ttft_p50=report.pct(served, 50),
+        ttft_p95=report.pct(served, 95),
+        ttft_p99=report.pct(served, 99),
         gpu_hours=result.gpu_seconds / 3600.0,
         mean_replicas=result.gpu_seconds / result.duration_s,
         peak_replicas=int(result.held.max()) if len(result.held) else 0,
@@ -656,7 +647,7 @@ def policy_table(summaries: Sequence[PolicySummary]) -> str:
         ]
         for s in summaries
     ]
-    return table(head, rows)
+    return report.table(head, rows)
 
 
 def windows(trace: Trace) -> dict[str, list[tuple[float, float]]]:
@@ -684,7 +675,7 @@ def window_table(trace: Trace, results: Sequence[RunResult]) -> str:
         for r in results:
             ok, _ = met(r)
             served = r.ttft[mask & ~np.isnan(r.ttft)]
-            cells.append(f"{ok[mask].mean():.1%} / {pct(served, 95):.2f}")
+            cells.append(f"{ok[mask].mean():.1%} / {report.pct(served, 95):.2f}")
         lines.append(f"| {name} | {int(mask.sum())} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -712,7 +703,7 @@ COLOURS = {SERVE_DEFAULT: "tab:blue", SERVE_REQUESTS: "tab:orange", OURS: "tab:g
 
 
 def plot_day(trace: Trace, results: Sequence[RunResult], path: Path, title: str) -> None:
-    with figure(path, title, 3, 1, figsize=(13, 10), sharex=True) as axes:
+    with report.figure(path, title, 3, 1, figsize=(13, 10), sharex=True) as axes:
         hours = 1 / 3600.0
         arrival = np.array([r.arrival for r in trace.requests])
         minutes = np.arange(0, trace.duration_s + 60, 60)
@@ -751,7 +742,7 @@ def plot_day(trace: Trace, results: Sequence[RunResult], path: Path, title: str)
                 linewidth=0.7,
                 label="ours: Prometheus p95 it saw",
             )
-        ax.axhline(TTFT_SLO_S, color="red", linestyle="--", linewidth=0.8, label="SLO 2 s")
+        ax.axhline(report.TTFT_SLO_S, color="red", linestyle="--", linewidth=0.8, label="SLO 2 s")
         ax.set_yscale("log")
         ax.set_ylabel("TTFT p95, s (2 min rolling, log)")
         ax.set_xlabel(f"simulated hours (the 24 h day shape played over {trace.day_hours:g} h)")
@@ -808,8 +799,8 @@ def _parser() -> argparse.ArgumentParser:
         help="what-if: override a pool setting, e.g. autoscaling.downscale_headroom=0.8"
         " (serve-requests and ours read them; serve-default keeps Serve's defaults)",
     )
-    parser.add_argument("--plot", type=Path, default=RESULTS / "autoscale_sim.png")
-    parser.add_argument("--markdown", type=Path, default=RESULTS / "autoscale_sim.md")
+    parser.add_argument("--plot", type=Path, default=report.RESULTS / "autoscale_sim.png")
+    parser.add_argument("--markdown", type=Path, default=report.RESULTS / "autoscale_sim.md")
     return parser
 
 
@@ -845,8 +836,9 @@ def _header(trace: Trace, pool: PoolModel, args: argparse.Namespace) -> str:
         f" hours (bursts and delays in real seconds); peak {args.peak_rate:g} req/s;"
         f" {n} requests of the routing sim's interactive mix (chat, tools/JSON, images,"
         f" shared-prefix); bursts {BURST_MULTIPLIER:g}x: {bursts}; Prometheus outage {outage}.\n"
-        f"SLO: TTFT <= {TTFT_SLO_S:g} s (the pool's ttft_p95_slo_s), and with TPOT <="
-        f" {TPOT_SLO_S * 1e3:.0f} ms (the routing sim's objective); shares over all requests,"
+        f"SLO: TTFT <= {report.TTFT_SLO_S:g} s (the pool's ttft_p95_slo_s), and with TPOT <="
+        f" {report.TPOT_SLO_S * 1e3:.0f} ms (the routing sim's objective); shares over all"
+        " requests,"
         f" timeouts ({pool.request_timeout_s:.0f} s, server.request_timeout_s) count as misses;"
         " TTFT percentiles over served requests.\n"
         "Policies: serve-default = Ray Serve's request policy with Serve's defaults (delays"
@@ -895,8 +887,8 @@ def _spread(first: Sequence[PolicySummary], args: argparse.Namespace) -> str:
     seeds = list(range(args.seed, args.seed + 1 + args.other_seeds))
 
     def cells(values: list[float], fmt: str) -> str:
-        shown = ", ".join(format(v, fmt) for v in values)
-        return f"{shown} ({format(float(np.mean(values)), fmt)})"
+        listed = ", ".join(format(v, fmt) for v in values)
+        return f"{listed} ({format(float(np.mean(values)), fmt)})"
 
     lines = [
         f"Seeds {', '.join(map(str, seeds))}: value per seed (mean).",
@@ -955,16 +947,16 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     body = "\n\n".join(p for p in parts if p)
     print(body + "\n")
-    print(f"Plot: {shown(args.plot)} ({wall:.0f} s wall)")
+    print(f"Plot: {report.shown(args.plot)} ({wall:.0f} s wall)")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         today = datetime.date.today().isoformat()
         args.markdown.write_text(
             "# Autoscaling simulation: results (SIMULATED, not measured)\n\n"
             f"Produced on {today} by `{_command(argv)}` (seed {args.seed}) in {wall:.0f} s on"
-            " the development machine. Every figure comes from the cost model in"
+            " the development machine. Every report.figure comes from the cost model in"
             " `benchmarks/sim/fleet_model.py`; no GPU was used. Plot:"
-            f" `{shown(args.plot)}`.\n\n{body}\n"
+            f" `{report.shown(args.plot)}`.\n\n{body}\n"
         )
     return 0
 

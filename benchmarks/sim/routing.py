@@ -29,20 +29,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from benchmarks.sim import report
 from benchmarks.sim.deployment import CONFIG, SimPool, sim_pool
 from benchmarks.sim.events import EventLoop, Handlers
 from benchmarks.sim.fleet_model import Replica, Sequence
-from benchmarks.sim.gateway import Gateway, PoolLoad, RoutingPolicy, build_policy, route
-from benchmarks.sim.report import (
-    RESULTS,
-    TPOT_SLO_S,
-    TTFT_SLO_S,
-    figure,
-    pct,
-    shown,
-    table,
-    within_slo,
-)
+from benchmarks.sim.gateway import Gateway, RoutingPolicy, build_policy, route
 from benchmarks.sim.workload import (
     MIX,
     Kind,
@@ -54,8 +45,6 @@ from benchmarks.sim.workload import (
     prefix_groups,
 )
 from service.settings import PoolSettings, Settings, load_settings
-
-__all__ = ["PoolLoad", "RoutingPolicy"]  # what the tests spy on
 
 REPLICAS_PER_POOL = 4
 E4B = "gemma-4-e4b-it"
@@ -383,7 +372,7 @@ def summarise(result: RunResult, fleet: Fleet, kinds: set[str] | None = None) ->
     ok = [r for r in records if r.outcome == "sent"]
     n_servable = sum(servable(r.request, fleet) for r in records)
     prefixed = [r for r in ok if r.request.prefix_key is not None]
-    _, met = within_slo(np.array([r.ttft for r in ok]), np.array([r.tpot for r in ok]))
+    _, met = report.within_slo(np.array([r.ttft for r in ok]), np.array([r.tpot for r in ok]))
     busy_by_pool: dict[str, list[float]] = {}
     mfu_by_pool: dict[str, list[float]] = {}
     for pool, busy, mfu in zip(result.pool_of, result.busy_s, result.mfu, strict=True):
@@ -393,9 +382,9 @@ def summarise(result: RunResult, fleet: Fleet, kinds: set[str] | None = None) ->
         strategy=result.strategy,
         requests=len(records),
         servable=n_servable,
-        ttft_p50_ms=pct([r.ttft for r in ok], 50) * 1e3,
-        ttft_p99_ms=pct([r.ttft for r in ok], 99) * 1e3,
-        tpot_p50_ms=pct([r.tpot for r in ok if r.request.output_tokens > 1], 50) * 1e3,
+        ttft_p50_ms=report.pct([r.ttft for r in ok], 50) * 1e3,
+        ttft_p99_ms=report.pct([r.ttft for r in ok], 99) * 1e3,
+        tpot_p50_ms=report.pct([r.tpot for r in ok if r.request.output_tokens > 1], 50) * 1e3,
         goodput=int(met.sum()) / max(1, n_servable),
         shed=sum(r.outcome == "shed" for r in records),
         failed=sum(r.outcome == "failed" for r in records),
@@ -437,7 +426,7 @@ def strategy_table(summaries: list[StrategySummary]) -> str:
                 f"{s.prefix_hit_rate:.0%}",
             ]
         )
-    return table(head, rows)
+    return report.table(head, rows)
 
 
 def per_class_table(results: Mapping[str, RunResult], fleet: Fleet, names: list[str]) -> str:
@@ -454,7 +443,7 @@ def per_class_table(results: Mapping[str, RunResult], fleet: Fleet, names: list[
                 cells.append(f"{s.goodput:.0%} / {s.ttft_p99_ms / 1e3:.1f}")
         n = summarise(results[names[0]], fleet, {c.kind}).requests
         rows.append([c.kind, str(n), *cells])
-    return table(head, rows)
+    return report.table(head, rows)
 
 
 # --- Single-class traffic ------------------------------------------------------------------
@@ -535,7 +524,7 @@ def plot_strategies(
         "Routing strategies on a SIMULATED 4x26B-A4B + 4x31B H100 fleet (cost model,"
         " not measurements)"
     )
-    with figure(path, title, 1, 3, figsize=(18, 5.6), dpi=110) as axes:
+    with report.figure(path, title, 1, 3, figsize=(18, 5.6), dpi=110) as axes:
         ax = axes[0]
         bars = ax.bar(range(len(names)), [s.goodput * 100 for s in summaries], color="tab:green")
         for bar, s in zip(bars, summaries, strict=True):
@@ -548,7 +537,7 @@ def plot_strategies(
                 fontsize=7,
             )
         ax.set_xticks(range(len(names)), labels, fontsize=7)
-        slo = f"TTFT <= {TTFT_SLO_S:.0f} s and TPOT <= {TPOT_SLO_S * 1e3:.0f} ms"
+        slo = f"TTFT <= {report.TTFT_SLO_S:.0f} s and TPOT <= {report.TPOT_SLO_S * 1e3:.0f} ms"
         ax.set_ylabel(f"goodput, % ({slo})")
         ax.set_ylim(0, 115)
         ax.set_title("Goodput")
@@ -559,7 +548,7 @@ def plot_strategies(
         ax.set_yscale("log")
         ax.set_xticks(x, labels, fontsize=7)
         ax.set_ylabel("TTFT, s (log)")
-        ax.axhline(TTFT_SLO_S, color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(report.TTFT_SLO_S, color="grey", linestyle="--", linewidth=0.8)
         ax.legend()
         ax.set_title("Time to first token")
         ax = axes[2]
@@ -567,7 +556,7 @@ def plot_strategies(
             ttfts = np.sort([r.ttft for r in results[name].records if r.outcome == "sent"])
             ax.plot(ttfts, np.arange(1, len(ttfts) + 1) / len(ttfts), label=name)
         ax.set_xscale("log")
-        ax.axvline(TTFT_SLO_S, color="grey", linestyle="--", linewidth=0.8)
+        ax.axvline(report.TTFT_SLO_S, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel("TTFT, s (log)")
         ax.set_ylabel("share of served requests")
         ax.set_title("TTFT CDF")
@@ -613,7 +602,7 @@ def _parser() -> argparse.ArgumentParser:
         default=4,
         help="also run this many further seeds and print the goodput spread (0: skip)",
     )
-    parser.add_argument("--plot", type=Path, default=RESULTS / "routing_sim.png")
+    parser.add_argument("--plot", type=Path, default=report.RESULTS / "routing_sim.png")
     return parser
 
 
@@ -630,7 +619,8 @@ def _header(fleet: Fleet, workload: Workload, args: argparse.Namespace) -> str:
         f" Poisson {rate:.1f} req/s with {len(workload.bursts)} x {BURST_SECONDS:.0f} s bursts at"
         f" {BURST_MULTIPLIER:.0f}x (offered load by the cost model: {load:.0%} of the fleet,"
         f" {load * BURST_MULTIPLIER:.0%} in bursts). Engine stats every 1 s. Goodput = TTFT <="
-        f" {TTFT_SLO_S:.0f} s and TPOT <= {TPOT_SLO_S * 1e3:.0f} ms, over servable requests."
+        f" {report.TTFT_SLO_S:.0f} s and TPOT <= {report.TPOT_SLO_S * 1e3:.0f} ms, over servable"
+        " requests."
         " Tokens/s, busy time and MFU are over the makespan (until the last request finishes)."
     )
 
@@ -699,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.other_seeds > 0:
         print(_seed_spread(args, summaries) + "\n")
     plot_strategies(results, list(summaries.values()), args.plot)
-    print(f"Plot: {shown(args.plot)} ({time.perf_counter() - started:.0f} s wall)")
+    print(f"Plot: {report.shown(args.plot)} ({time.perf_counter() - started:.0f} s wall)")
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.sim import routing as rs
+from benchmarks.sim.gateway import PoolLoad
 
 # --- routing simulation --------------------------------------------------------------------
 
@@ -72,7 +73,7 @@ def test_the_simulation_calls_the_real_policy(monkeypatch):
     assert len(calls) == len(workload.requests)
     steps, loads = calls[-1]
     assert steps == ("capability", "size_shape", "spill_over")
-    assert all(isinstance(v, rs.PoolLoad) and v.replicas == 4 for v in loads.values())
+    assert all(isinstance(v, PoolLoad) and v.replicas == 4 for v in loads.values())
 
 
 def test_strategies_read_loads_from_the_production_tracker(monkeypatch):

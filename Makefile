@@ -106,11 +106,11 @@ soak: $(STAMP) system-deps build-tiny
 
 # A simulation (cost model, no GPU): prints the table, writes benchmarks/results/routing_sim.png.
 bench-routing: $(STAMP)
-	$(BIN)/python benchmarks/routing_sim.py
+	$(BIN)/python -m benchmarks.sim.routing
 
 # A simulation (cost model, no GPU): our autoscaling policy against Ray Serve's default.
 bench-autoscale: $(STAMP)
-	$(BIN)/python benchmarks/autoscale_sim.py
+	$(BIN)/python -m benchmarks.sim.autoscale
 
 # Starts the embedded default on free ports, runs a short streaming profile against it, stops it;
 # the report (Markdown, HTML, PNG plots) lands in .cache/loadtest-smoke. Exits 1 if a gate fails.

@@ -37,7 +37,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,18 +44,22 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from harness import (  # noqa: E402
+    add_stack_options,
     bench_env,
     dense_checkpoint,
     direct_streaming_env,
     machine_info,
     percentile,
     ray_llm_config,
+    run_each,
     serve_ray_llm,
     stop,
+    write_report,
 )
 
 from service.local_ports import free_port  # noqa: E402
 from service.mock_engine import ENGINE_CLS, ENGINE_CLS_ENV, ITL_ENV  # noqa: E402
+from service.streaming import sse_line_carries_output  # noqa: E402
 
 POOL_ID = "gemma-4-31b-it"
 MAX_MODEL_LEN = 2048
@@ -120,7 +123,7 @@ def classify(line: bytes) -> str:
         return "error"
     if USAGE_MARK in line:
         return "usage"
-    if b'"content":"' in line and b'"content":""' not in line:
+    if sse_line_carries_output(line):
         return "content"
     return "other"
 
@@ -407,14 +410,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the pool's stream_batching_interval_ms (the Serve-handle path's batches)",
     )
     parser.add_argument("--warmup-streams", type=int, default=4)
-    parser.add_argument("--settle-s", type=float, default=3.0, help="pause after the warm-up")
-    parser.add_argument("--start-timeout-s", type=float, default=240.0)
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON results (default: benchmarks/results/data_plane-<date>.json)",
-    )
+    add_stack_options(parser, "data_plane", settle_s=3.0, start_timeout_s=240.0)
     args = parser.parse_args(argv)
     if args.streams < 1 or args.tokens < 2 or args.itl_ms <= 0:
         parser.error("--streams >= 1, --tokens >= 2 and --itl-ms > 0, please")
@@ -429,14 +425,7 @@ async def main(argv: list[str] | None = None) -> int:
     from service.tinymodels import build_tiny_checkpoints
 
     build_tiny_checkpoints(Path(env["GEMMA_SERVE_CACHE_DIR"]))
-    results = []
-    failures = {}
-    for path in args.paths:
-        try:
-            results.append(await run_path(path, env, args))
-        except Exception as exc:
-            failures[path] = f"{type(exc).__name__}: {exc}"
-            print(f"  {path}: {failures[path]}", file=sys.stderr, flush=True)
+    results, failures = await run_each(args.paths, lambda path: run_path(path, env, args))
     machine = machine_info()
     print(
         f"\nmachine: {machine['cpu_model']}, {machine['nproc']} CPUs; {args.streams} streams "
@@ -447,13 +436,7 @@ async def main(argv: list[str] | None = None) -> int:
         print(render_table(results))
     for path, error in failures.items():
         print(f"\n{path}: FAILED: {error}")
-    out = args.out or ROOT / "benchmarks" / "results" / f"data_plane-{date.today()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "date": date.today().isoformat(),
-        "command": " ".join(
-            [".venv/bin/python", "benchmarks/data_plane.py", *(argv or sys.argv[1:])]
-        ),
         "machine": machine,
         "config": {
             "streams": args.streams,
@@ -467,8 +450,7 @@ async def main(argv: list[str] | None = None) -> int:
         "results": [asdict(r) for r in results],
         "failures": failures,
     }
-    out.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
-    print(f"\nwritten: {out}")
+    write_report("data_plane", argv if argv is not None else sys.argv[1:], args.out, report)
     return 1 if failures or any(r.ok_streams < r.streams for r in results) else 0
 
 

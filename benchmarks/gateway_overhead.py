@@ -35,12 +35,12 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import date
 from pathlib import Path
 
 from harness import (
     ROOT,
     CpuSpent,
+    add_stack_options,
     bench_env,
     cpu_spent,
     dense_checkpoint,
@@ -49,11 +49,14 @@ from harness import (
     percentile,
     process_tree,
     ray_llm_config,
+    run_each,
     serve_ray_llm,
     stop,
+    write_report,
 )
 
 from service.local_ports import free_port
+from service.streaming import sse_line_carries_output
 
 POOL_ID = "gemma-4-31b-it"
 MOE_POOL_ID = "gemma-4-26b-a4b-it"
@@ -113,18 +116,6 @@ def request_body(workload: Workload, index: int) -> bytes:
 
 # --- one request ---------------------------------------------------------------------------
 
-OUTPUT_MARKS = (b'"content":"', b'"reasoning":"', b'"reasoning_content":"', b'"tool_calls":[')
-EMPTY_MARKS = (b'"content":""', b'"reasoning":""', b'"reasoning_content":""', b'"tool_calls":[]')
-
-
-def carries_output(line: bytes) -> bool:
-    """A chunk with generated text (content, or reasoning: Gemma 4's parser may put the tiny
-    model's first tokens there), by its bytes, so the client stays cheap."""
-    return line.startswith(b"data: {") and any(
-        mark in line and empty not in line
-        for mark, empty in zip(OUTPUT_MARKS, EMPTY_MARKS, strict=True)
-    )
-
 
 @dataclass
 class Record:
@@ -143,7 +134,7 @@ async def one_request(session, url: str, body: bytes) -> Record:
             raise RuntimeError(f"HTTP {r.status}: {text}")
         async for line in r.content:
             now = time.perf_counter()
-            if carries_output(line):
+            if sse_line_carries_output(line):
                 if record.ttft_s is None:
                     record.ttft_s = now - started
                 else:
@@ -392,14 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--settle-s", type=float, default=10.0, help="pause after start-up")
-    parser.add_argument("--start-timeout-s", type=float, default=600.0)
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="JSON results (default: benchmarks/results/gateway_overhead-<date>.json)",
-    )
+    add_stack_options(parser, "gateway_overhead", settle_s=10.0, start_timeout_s=600.0)
     args = parser.parse_args(argv)
     if min(args.concurrency) < 1:
         parser.error("--concurrency values must be at least 1")
@@ -411,14 +395,8 @@ async def main(argv: list[str]) -> int:
     WORKDIR.mkdir(parents=True, exist_ok=True)
     env = bench_env()
     dense_checkpoint(env)  # built once, before any stack starts
-    points: list[Point] = []
-    failures: dict[str, str] = {}
-    for setup in args.setups:
-        try:
-            points += await run_setup(setup, env, args)
-        except Exception as exc:
-            failures[setup] = f"{type(exc).__name__}: {exc}"
-            print(f"  {setup}: {failures[setup]}", file=sys.stderr, flush=True)
+    per_setup, failures = await run_each(args.setups, lambda setup: run_setup(setup, env, args))
+    points: list[Point] = [p for ps in per_setup for p in ps]
     machine = machine_info()
     print(
         f"\nmachine: {machine['cpu_model']}, {machine['nproc']} CPUs; tiny Gemma 4 dense "
@@ -427,18 +405,13 @@ async def main(argv: list[str]) -> int:
     print(render_table(points))
     for setup, error in failures.items():
         print(f"\n{setup}: FAILED: {error}")
-    out = args.out or ROOT / "benchmarks" / "results" / f"gateway_overhead-{date.today()}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
-        "date": date.today().isoformat(),
-        "command": " ".join([".venv/bin/python", "benchmarks/gateway_overhead.py", *argv]),
         "machine": machine,
         "workloads": {name: asdict(w) for name, w in WORKLOADS.items()},
         "points": [asdict(p) for p in points],
         "failures": failures,
     }
-    out.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
-    print(f"\nwritten: {out}")
+    write_report("gateway_overhead", argv, args.out, report)
     return 1 if failures else 0
 
 

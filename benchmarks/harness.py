@@ -1,16 +1,22 @@
 """What the serving benchmarks share: the environment, the machine, percentiles, process CPU,
-stopping a stack, and a Ray Serve LLM driver (its default path or its direct streaming)."""
+stopping a stack, a Ray Serve LLM driver (its default path or its direct streaming), and the
+command line, the run over each stack and the JSON report of a benchmark that starts stacks."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import os
 import platform
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -238,3 +244,49 @@ def serve_ray_llm(port: int, llm_config, name: str) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+T = TypeVar("T")
+
+
+def add_stack_options(
+    parser: argparse.ArgumentParser, name: str, settle_s: float, start_timeout_s: float
+) -> None:
+    """The options of a benchmark that starts stacks: the pause after start-up, how long a
+    start may take, and where the JSON results go."""
+    parser.add_argument(
+        "--settle-s", type=float, default=settle_s, help="pause after start-up (or warm-up)"
+    )
+    parser.add_argument("--start-timeout-s", type=float, default=start_timeout_s)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON results (default: benchmarks/results/{name}-<date>.json)",
+    )
+
+
+async def run_each(
+    names: Sequence[str], run: Callable[[str], Awaitable[T]]
+) -> tuple[list[T], dict[str, str]]:
+    """Each stack in turn; one that fails is reported and the others still run."""
+    results: list[T] = []
+    failures: dict[str, str] = {}
+    for name in names:
+        try:
+            results.append(await run(name))
+        except Exception as exc:
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            print(f"  {name}: {failures[name]}", file=sys.stderr, flush=True)
+    return results, failures
+
+
+def write_report(name: str, argv: Sequence[str], out: Path | None, report: dict[str, Any]) -> Path:
+    """The results as JSON, with the date and the command that made them."""
+    out = out or ROOT / "benchmarks" / "results" / f"{name}-{date.today()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = " ".join([".venv/bin/python", f"benchmarks/{name}.py", *argv])
+    full = {"date": date.today().isoformat(), "command": command, **report}
+    out.write_text(json.dumps(full, indent=2, allow_nan=True) + "\n")
+    print(f"\nwritten: {out}")
+    return out

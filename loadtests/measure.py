@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from service.streaming import chunk_carries_output
+
 DEFAULT_PERCENTILES = (50, 90, 95, 99)
 
 
@@ -26,19 +28,6 @@ class StreamTiming:
     last_token_s: float | None
     output_tokens: int
     end_s: float
-
-
-def _carries_text(choice: Mapping) -> bool:
-    """True when a choice carries generated output (not just the role announcement)."""
-    if choice.get("text"):
-        return True
-    delta = choice.get("delta") or {}
-    return bool(
-        delta.get("content")
-        or delta.get("reasoning_content")
-        or delta.get("reasoning")
-        or delta.get("tool_calls")
-    )
 
 
 def timing_from_events(events: Iterable[tuple[float, str]]) -> StreamTiming:
@@ -64,7 +53,7 @@ def timing_from_events(events: Iterable[tuple[float, str]]) -> StreamTiming:
         usage = chunk.get("usage")
         if usage and usage.get("completion_tokens") is not None:
             usage_tokens = int(usage["completion_tokens"])
-        if any(_carries_text(c) for c in chunk.get("choices") or []):
+        if chunk_carries_output(chunk):
             content_events += 1
             if first is None:
                 first = at

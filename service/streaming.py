@@ -4,7 +4,7 @@ most are never parsed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,19 +14,48 @@ USAGE_MARK = '"choices":[],"usage":{'
 REASONING_MARK = '"reasoning":"'
 
 
+# Where a chat or completions chunk holds generated output: a choice's text, or its delta's
+# content, reasoning (vLLM's name, and the one the gateway adds) or tool calls.
+DELTA_OUTPUT_KEYS = ("content", "reasoning", "reasoning_content", "tool_calls")
+
+
+def chunk_carries_output(chunk: Mapping[str, Any]) -> bool:
+    """Whether a parsed chat or completions chunk holds generated output in any choice; a
+    role announcement, an empty delta or the usage chunk holds none."""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if choice.get("text") or any(delta.get(k) for k in DELTA_OUTPUT_KEYS):
+            return True
+    return False
+
+
 def carries_output(item: Any) -> bool:
-    """Whether a stream chunk holds generated text (anything unrecognised counts as output)."""
+    """Whether a stream chunk the pool relays holds generated text. Fails open: anything
+    unrecognised (an error, [DONE], not a string) counts as output, so it is never held back."""
     if not isinstance(item, str) or not item.startswith("data: {"):
         return True
     try:
         chunk = json.loads(item[len(DATA) :])
     except json.JSONDecodeError:
         return True
-    for choice in chunk.get("choices") or []:
-        delta = choice.get("delta") or {}
-        if choice.get("text") or any(delta.get(k) for k in ("content", "reasoning", "tool_calls")):
-            return True
-    return "choices" not in chunk
+    return "choices" not in chunk or chunk_carries_output(chunk)
+
+
+def sse_line_carries_output(line: bytes | str) -> bool:
+    """A client's reading of one SSE line: only a data line whose chunk holds output counts;
+    blank lines, comments, [DONE], errors and the usage chunk do not."""
+    text = line.decode(errors="replace") if isinstance(line, bytes) else line
+    text = text.strip()
+    if not text.startswith("data:"):
+        return False
+    data = text[len("data:") :].strip()
+    if not data.startswith("{"):
+        return False
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(chunk, dict) and chunk_carries_output(chunk)
 
 
 def usage_of(item: str) -> tuple[int, int] | None:

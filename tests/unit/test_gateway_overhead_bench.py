@@ -21,21 +21,6 @@ def test_the_stack_is_both_embedded_pools_as_make_run_starts_them():
     assert settings.telemetry.metrics_port == 9100
 
 
-@pytest.mark.parametrize(
-    ("line", "output"),
-    [
-        (b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n', True),
-        (b'data: {"choices":[{"delta":{"reasoning":"hm"}}]}\n', True),
-        (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n', False),
-        (b'data: {"choices":[],"usage":{"completion_tokens":3}}\n', False),
-        (b"data: [DONE]\n", False),
-        (b"\n", False),
-    ],
-)
-def test_output_is_told_from_role_usage_and_done_chunks_by_bytes(line, output):
-    assert bench.carries_output(line) is output
-
-
 def test_prompts_differ_from_their_first_token_so_no_prefix_is_cached():
     workload = bench.WORKLOADS["prefill"]
     first, second = bench.prompt(workload, 1), bench.prompt(workload, 2)

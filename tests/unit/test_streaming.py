@@ -2,7 +2,14 @@
 
 import json
 
-from service.streaming import with_reasoning_content
+import pytest
+
+from service.streaming import (
+    carries_output,
+    chunk_carries_output,
+    sse_line_carries_output,
+    with_reasoning_content,
+)
 
 DELTA = {"choices": [{"index": 0, "delta": {"reasoning": "thinking it over"}}]}
 MESSAGE = {"choices": [{"index": 0, "message": {"content": "hi", "reasoning": "so"}}]}
@@ -27,3 +34,36 @@ def test_payloads_without_reasoning_pass_unchanged():
         "data: [DONE]\n\n",
     ):
         assert with_reasoning_content(payload) is payload
+
+
+@pytest.mark.parametrize(
+    ("line", "output"),
+    [
+        (b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n', True),
+        (b'data: {"choices":[{"delta":{"reasoning":"hm"}}]}\n', True),
+        (b'data: {"choices":[{"delta":{"role":"assistant","content":""}}]}\n', False),
+        (b'data: {"choices":[],"usage":{"completion_tokens":3}}\n', False),
+        (b"data: [DONE]\n", False),
+        (b"\n", False),
+        (b": keep-alive\n", False),
+        (b'data: {"error":{"message":"x"}}\n', False),
+        (b'data: {"choices":[{"delta":{"reasoning_content":"hm"}}]}\n', True),
+        (b'data: {"choices":[{"index":0,"text":"a"}]}\n', True),
+    ],
+)
+def test_a_client_tells_output_lines_from_role_usage_and_done_lines(line, output):
+    assert sse_line_carries_output(line) is output
+    assert sse_line_carries_output(line.decode()) is output
+
+
+def test_one_predicate_reads_the_chunk_for_the_pool_and_the_clients():
+    chunk = {"choices": [{"delta": {"tool_calls": [{"index": 0}]}}]}
+    line = f"data: {json.dumps(chunk)}\n\n"
+    assert chunk_carries_output(chunk) and carries_output(line) and sse_line_carries_output(line)
+    role = {"choices": [{"delta": {"role": "assistant"}}]}
+    assert not chunk_carries_output(role) and not chunk_carries_output({"choices": []})
+
+
+def test_the_pool_fails_open_where_a_client_does_not():
+    for line in ("data: [DONE]\n\n", 'data: {"error": {"message": "x"}}\n\n'):
+        assert carries_output(line) and not sse_line_carries_output(line)

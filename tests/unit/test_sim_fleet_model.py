@@ -1,17 +1,10 @@
-"""The fleet cost model and the routing simulation (benchmarks/fleet_model.py, routing_sim.py)."""
+"""The fleet cost model and its replica simulator (benchmarks/sim/fleet_model.py)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import fleet_model as fm  # noqa: E402
-import routing_sim as rs  # noqa: E402
+from benchmarks.sim import fleet_model as fm
 
 DENSE = fm.replica_type("gemma-4-31b-it", "fp8", "fp8")
 MOE = fm.replica_type("gemma-4-26b-a4b-it", "bf16", "fp8")
@@ -135,72 +128,3 @@ def test_kv_bounds_concurrency_and_requests_wait():
         finished += done
         assert replica.kv_usage <= 1.0 + 1e-9
     assert len(finished) == capacity + 3 and replica.ongoing == 0
-
-
-# --- routing simulation --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def one_minute():
-    return rs.run_all(seed=3, minutes=1.0, rate_scale=1.0)
-
-
-def test_every_strategy_accounts_for_every_request(one_minute):
-    fleet, workload, results = one_minute
-    assert set(results) == set(rs.STRATEGIES)
-    for result in results.values():
-        assert [r.request.id for r in result.records] == [r.id for r in workload.requests]
-        assert all(r.outcome in ("sent", "rejected", "shed", "failed") for r in result.records)
-        served = [r for r in result.records if r.outcome == "sent"]
-        assert all(r.ttft > 0 and r.finished_at >= r.request.arrival for r in served)
-
-
-def test_unservable_audio_is_rejected_by_policies_and_fails_round_robin(one_minute):
-    fleet, workload, results = one_minute
-    audio = sum(r.kind == "audio" for r in workload.requests)
-    assert audio > 0
-    assert rs.summarise(results[rs.BASELINE], fleet).failed == audio
-    for name in list(rs.STRATEGIES)[1:]:
-        s = rs.summarise(results[name], fleet)
-        assert (s.rejected, s.failed) == (audio, 0)
-
-
-def test_same_seed_same_results():
-    a = rs.run_all(seed=7, minutes=0.5, rate_scale=1.0)[2]
-    b = rs.run_all(seed=7, minutes=0.5, rate_scale=1.0)[2]
-    c = rs.run_all(seed=8, minutes=0.5, rate_scale=1.0)[2]
-    assert repr(a) == repr(b)
-    assert repr(a) != repr(c)
-
-
-def test_policy_gives_short_interactive_traffic_better_goodput_than_round_robin(one_minute):
-    # What the size/shape step is for: chat and image requests, kept off the dense pool.
-    fleet, _, results = one_minute
-    short = {"chat", "image"}
-    ours = rs.summarise(results[rs.OURS], fleet, short).goodput
-    base = rs.summarise(results[rs.BASELINE], fleet, short).goodput
-    assert ours >= base
-
-
-def test_policy_beats_round_robin_on_the_default_mix(one_minute):
-    fleet, _, results = one_minute
-    ours = rs.summarise(results[rs.OURS], fleet).goodput
-    assert ours > rs.summarise(results[rs.BASELINE], fleet).goodput
-
-
-def test_the_simulation_calls_the_real_policy(monkeypatch):
-    calls = []
-    real = rs.RoutingPolicy.route
-
-    def spy(self, features, loads):
-        calls.append((self.steps, dict(loads)))
-        return real(self, features, loads)
-
-    monkeypatch.setattr(rs.RoutingPolicy, "route", spy)
-    fleet = rs.load_fleet()
-    workload = rs.make_workload(seed=1, minutes=0.2, rate=5.0)
-    rs.simulate(workload, fleet, rs.OURS)
-    assert len(calls) == len(workload.requests)
-    steps, loads = calls[-1]
-    assert steps == ("capability", "size_shape", "spill_over")
-    assert all(isinstance(v, rs.PoolLoad) and v.replicas == 4 for v in loads.values())

@@ -1,17 +1,12 @@
-"""The autoscaling simulation (benchmarks/autoscale_sim.py): trace, signals, short runs."""
+"""The autoscaling simulation (benchmarks/sim/autoscale.py): trace, signals, short runs."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-
-import autoscale_sim as sim  # noqa: E402
+from benchmarks.sim import autoscale as sim
+from benchmarks.sim import signals
 
 FLAT = ((0.0, 1.0), (24.0, 1.0))
 
@@ -140,7 +135,7 @@ def test_ours_is_built_from_the_settings(pool: sim.PoolModel):
 
 
 def test_window_mean_holds_the_last_pushed_value():
-    s = sim.Series(every=1)
+    s = signals.Series(every=1)
     for t in range(1, 21):
         s.add(t, float(t))
     # Pushed at 20 (every 10 s): the mean of samples 11..20 over a 10 s look-back.
@@ -153,14 +148,14 @@ def test_histogram_quantile_interpolates_like_prometheus():
     bounds = [1.0, 2.0, 5.0]
     # 10 observations: 5 <= 1 s, 4 in (1, 2], 1 above 5 s.
     cumulative = np.array([5.0, 9.0, 9.0, 10.0])
-    assert sim.histogram_quantile(0.5, bounds, cumulative) == pytest.approx(1.0)
-    assert sim.histogram_quantile(0.7, bounds, cumulative) == pytest.approx(1.5)
-    assert sim.histogram_quantile(0.95, bounds, cumulative) == 5.0  # +Inf bucket
-    assert sim.histogram_quantile(0.95, bounds, np.zeros(4)) is None
+    assert signals.histogram_quantile(0.5, bounds, cumulative) == pytest.approx(1.0)
+    assert signals.histogram_quantile(0.7, bounds, cumulative) == pytest.approx(1.5)
+    assert signals.histogram_quantile(0.95, bounds, cumulative) == 5.0  # +Inf bucket
+    assert signals.histogram_quantile(0.95, bounds, np.zeros(4)) is None
 
 
 def test_prometheus_sees_nothing_while_down():
-    prom = sim.Prometheus(window_s=120, outage=(100.0, 300.0))
+    prom = signals.Prometheus(window_s=120, outage=(100.0, 300.0))
     for t in range(0, 400, 15):
         prom.observe(0.5)
         prom.scrape(float(t))

@@ -18,8 +18,8 @@ the same replica start-up time:
 Nothing of either policy is copied here; what is modelled is what Serve feeds them (windowed
 request counts, replica stats, a Prometheus TTFT p95) and what a replica count costs.
 
-    .venv/bin/python benchmarks/autoscale_sim.py                  # ~40 s on 2 CPUs
-    .venv/bin/python benchmarks/autoscale_sim.py --seed 1 --day-hours 6 --other-seeds 2
+    .venv/bin/python -m benchmarks.sim.autoscale                  # ~40 s on 2 CPUs
+    .venv/bin/python -m benchmarks.sim.autoscale --seed 1 --day-hours 6 --other-seeds 2
 
 Output: a Markdown table (stdout and benchmarks/results/autoscale_sim.md) and
 benchmarks/results/autoscale_sim.png. It is a simulation: the numbers come from a cost model
@@ -31,9 +31,7 @@ Assumptions marked [I] as in fleet_model.py; [ray] cites the installed Ray 2.60 
 from __future__ import annotations
 
 import argparse
-import bisect
 import datetime
-import heapq
 import logging
 import math
 import sys
@@ -47,38 +45,34 @@ from typing import Any
 
 import numpy as np
 import yaml
+from ray.serve import autoscaling_policy as serve_ap
+from ray.serve._private.common import DeploymentID
+from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from fleet_model import Replica, ReplicaType, replica_type  # noqa: E402
-from ray.serve import autoscaling_policy as serve_ap  # noqa: E402
-from ray.serve._private.common import DeploymentID  # noqa: E402
-from ray.serve.config import AutoscalingConfig, AutoscalingContext  # noqa: E402
-from routing_sim import (  # noqa: E402
+from benchmarks.sim import report
+from benchmarks.sim.deployment import CONFIG, replica_type_for
+from benchmarks.sim.events import EventLoop, Handlers
+from benchmarks.sim.fleet_model import Replica, ReplicaType
+from benchmarks.sim.fleet_model import Sequence as EngineSequence
+from benchmarks.sim.signals import SCRAPE_INTERVAL_S, Prometheus, Series
+from benchmarks.sim.workload import (
     MIX,
-    TPOT_SLO_S,
-    TTFT_SLO_S,
     Request,
+    Workload,
     WorkloadClass,
-    _prefix_groups,
-    make_request,
+    per_second_requests,
+    prefix_groups,
 )
-
-from service import catalog  # noqa: E402
-from service.autoscaling.decision import Decision, Signals  # noqa: E402
-from service.autoscaling.serve_policy import (  # noqa: E402
+from service import catalog
+from service.autoscaling.decision import Decision, Signals
+from service.autoscaling.serve_policy import (
     ENGINE_WAITING,
     KV_CACHE_USAGE,
     PROMETHEUS_FETCH_INTERVAL_S,
     PoolAutoscalingPolicy,
 )
-from service.settings import PoolSettings, load_settings  # noqa: E402
-from service.telemetry.metrics import TTFT_BUCKETS_S  # noqa: E402
+from service.settings import PoolSettings, load_settings
 
-CONFIG = ROOT / "configs" / "h100-fp8.yaml"
-RESULTS = ROOT / "benchmarks" / "results"
 POOL = "gemma-4-31b-it"
 
 # The pool's bounds. configs/h100-fp8.yaml gives this pool max 4 (two pools share 8 GPUs);
@@ -125,15 +119,12 @@ DAY_SHAPE: tuple[tuple[float, float], ...] = (
     (24.0, 0.12),
 )
 
-# The interactive classes of routing_sim's mix (no audio: the 31B pool takes none; no 8k-64k
+# The interactive classes of the routing mix (no audio: the 31B pool takes none; no 8k-64k
 # documents, whose prefill alone misses the TTFT SLO whatever the replica count).
 INTERACTIVE: tuple[WorkloadClass, ...] = tuple(
     c for c in MIX if c.kind not in ("audio", "long_doc")
 )
 
-# [I] Prometheus scrapes the Ray metrics endpoints every 15 s; Ray's own export delay is folded
-# into it. The policy's fetch interval is serve_policy's.
-SCRAPE_INTERVAL_S = 15.0
 TICK_S = 1  # control loop period in the simulation (Serve: 0.1 s); delays are seconds anyway
 # Serve's DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S [ray _private/constants.py:270]; the pool's
 # deployment_config does not set graceful_shutdown_timeout_s.
@@ -146,11 +137,8 @@ POLICIES = (SERVE_DEFAULT, SERVE_REQUESTS, OURS)
 
 
 @dataclass(frozen=True)
-class Trace:
-    requests: tuple[Request, ...]
-    duration_s: float
+class Trace(Workload):
     day_hours: float  # the 24 h shape is played over this many simulated hours
-    bursts: tuple[tuple[float, float], ...]  # (start, end) in simulated seconds
     outage: tuple[float, float] | None  # Prometheus unreachable
 
 
@@ -167,7 +155,7 @@ def make_trace(
     seeded wobble x BURST_MULTIPLIER inside bursts. `bursts` None: BURSTS seeded ones;
     `outage` True: one starting 5 min before the second burst, None/False: none."""
     rng = np.random.default_rng(seed)
-    groups = _prefix_groups(rng)
+    groups = prefix_groups(rng)
     duration = day_hours * 3600.0
     if bursts is None:
         bursts = _seeded_bursts(rng, duration)
@@ -187,17 +175,8 @@ def make_trace(
     rate = rate * wobble[(seconds // NOISE_BLOCK_S).astype(int)]
     for a, b in bursts:
         rate[(seconds >= a) & (seconds < b)] *= BURST_MULTIPLIER
-    counts = rng.poisson(rate)
-    arrivals = np.repeat(seconds, counts) + rng.random(int(counts.sum()))
-    arrivals.sort()  # within a second; seconds are already in order
-    kinds = [c.kind for c in mix]
-    p = np.array([c.share for c in mix]) / sum(c.share for c in mix)
-    drawn = rng.choice(len(kinds), size=len(arrivals), p=p)
-    requests = tuple(
-        make_request(i, kinds[k], float(t), rng, groups)  # type: ignore[arg-type]
-        for i, (t, k) in enumerate(zip(arrivals, drawn, strict=True))
-    )
-    return Trace(requests, duration, day_hours, bursts, outage)  # type: ignore[arg-type]
+    requests = per_second_requests(rate, rng, groups, mix)
+    return Trace(requests, duration, bursts, day_hours, outage)  # type: ignore[arg-type]
 
 
 def _seeded_bursts(rng: np.random.Generator, duration: float) -> tuple[tuple[float, float], ...]:
@@ -244,15 +223,7 @@ def load_pool(
             raise ValueError(f"no pool setting {key!r}")
         node[name] = value
     pool = PoolSettings.model_validate(data)
-    rtype = replica_type(
-        pool.catalog_id,
-        pool.weights,
-        pool.kv_cache_dtype,
-        gpu_memory_utilization=pool.gpu_memory_utilization,
-        max_model_len=pool.max_model_len,
-        **({"max_num_seqs": pool.max_num_seqs} if pool.max_num_seqs else {}),
-    )
-    return PoolModel(pool, rtype, cold_start_s, settings.server.request_timeout_s)
+    return PoolModel(pool, replica_type_for(pool), cold_start_s, settings.server.request_timeout_s)
 
 
 class SimulatedPoolPolicy(PoolAutoscalingPolicy):
@@ -353,94 +324,6 @@ def serve_decision(
     return max(config.min_replicas, min(config.max_replicas, decided)), state
 
 
-# --- Signals -------------------------------------------------------------------------------
-
-
-class Series:
-    """A figure sampled every `every` seconds, read as Serve's controller reads it: the
-    time-weighted mean over `look_back_period_s` of the samples pushed by then (every
-    `metrics_interval_s`), the last pushed value held until now
-    [ray serve/_private/autoscaling_state.py:795-867]. The pool's request count is sampled
-    every second (Serve: every min(0.2 x look-back, metrics interval), 2-6 s here), the
-    engine figures at Serve's interval."""
-
-    def __init__(self, every: int = 1) -> None:
-        self.every = every
-        self.first = -1  # time of the first sample
-        self.values: list[float] = []
-        self.cum: list[float] = [0.0]
-
-    def add(self, now: int, value: float) -> None:
-        if self.first < 0:
-            self.first = now
-        self.values.append(value)
-        self.cum.append(self.cum[-1] + value)
-
-    def window_mean(self, now: int, look_back: int, push_every: int) -> float | None:
-        if self.first < 0:
-            return None
-        pushed = (now // push_every) * push_every  # the last push at or before now
-        hi = min((pushed - self.first) // self.every, len(self.values) - 1)
-        if hi < 0:
-            return None
-        lo = min(hi, max(0, (now - look_back - self.first) // self.every + 1))
-        # Each sample stands for `every` ticks; the last pushed one also for those until now.
-        held = max(0, now - (self.first + hi * self.every) - self.every + 1)
-        total = (self.cum[hi + 1] - self.cum[lo]) * self.every + held * self.values[hi]
-        return total / ((hi - lo + 1) * self.every + held)
-
-
-class Prometheus:
-    """The gateway's TTFT histogram (service/telemetry/metrics.py buckets, observed when a
-    request finishes), scraped every SCRAPE_INTERVAL_S, and the policy's query
-    histogram_quantile(0.95, sum(rate(bucket[window]))) on it; None while unreachable, when
-    the window has fewer than two scrapes, or no requests (NaN)."""
-
-    def __init__(self, window_s: float, outage: tuple[float, float] | None, q: float = 0.95):
-        self.bounds = list(TTFT_BUCKETS_S)
-        self.counts = np.zeros(len(self.bounds) + 1)  # the last bucket is +Inf
-        self.window_s = window_s
-        self.outage = outage
-        self.q = q
-        self.scrapes: list[tuple[float, np.ndarray]] = []
-
-    def down(self, now: float) -> bool:
-        return self.outage is not None and self.outage[0] <= now < self.outage[1]
-
-    def observe(self, ttft: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, ttft)] += 1
-
-    def scrape(self, now: float) -> None:
-        if not self.down(now):
-            self.scrapes.append((now, np.cumsum(self.counts)))
-
-    def query(self, now: float) -> float | None:
-        if self.down(now):
-            return None
-        inside = [c for t, c in self.scrapes[-64:] if now - self.window_s <= t <= now]
-        if len(inside) < 2:
-            return None
-        return histogram_quantile(self.q, self.bounds, inside[-1] - inside[0])
-
-
-def histogram_quantile(q: float, bounds: list[float], cumulative: np.ndarray) -> float | None:
-    """Prometheus' histogram_quantile on cumulative bucket counts (last = +Inf): linear
-    inside the bucket holding the rank; in the +Inf bucket, the highest finite bound."""
-    total = float(cumulative[-1])
-    if total <= 0:
-        return None
-    rank = q * total
-    b = int(np.searchsorted(cumulative, rank, side="left"))
-    if b >= len(bounds):
-        return bounds[-1]
-    lower = 0.0 if b == 0 else bounds[b - 1]
-    below = 0.0 if b == 0 else float(cumulative[b - 1])
-    inside = float(cumulative[b]) - below
-    if inside <= 0:
-        return bounds[b]
-    return lower + (bounds[b] - lower) * (rank - below) / inside
-
-
 # --- The simulation ------------------------------------------------------------------------
 
 
@@ -496,7 +379,7 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
     dropped = np.zeros(n, dtype=bool)
     replicas: list[SimReplica] = []
     queue: deque[Request] = deque()  # waiting at the handle for a replica slot
-    wakeups: list[tuple[float, int, int]] = []
+    loop = EventLoop(tick_s=TICK_S, first_tick_s=TICK_S)
     prom = Prometheus(pool.settings.autoscaling.ttft_window_s, trace.outage)
     total = Series()
     target = cfg.min_replicas
@@ -517,11 +400,8 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
         if cold_start_s <= 0:
             replica.state = "running"
         replicas.append(replica)
+        assert loop.add(replica.engine) == i
         counters["started"] += 1
-
-    def schedule(i: int, when: float | None) -> None:
-        if when is not None:
-            heapq.heappush(wakeups, (when, i, replicas[i].engine.version))
 
     def pick() -> int | None:
         best, best_key = None, None
@@ -537,9 +417,10 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
             i = pick()
             if i is None:
                 return
-            schedule(i, replicas[i].engine.submit(queue.popleft(), now))
+            loop.submit(i, queue.popleft(), now)
 
-    def finish(r: SimReplica, seqs: list, now: float) -> None:
+    def finish(i: int, seqs: list[EngineSequence], now: float) -> None:
+        r = replicas[i]
         for s in seqs:
             req: Request = s.job
             first = s.first_token_at - req.arrival
@@ -552,6 +433,8 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
                 counters["cut"] += 1
         if r.state == "draining" and r.engine.ongoing == 0:
             r.state, r.stopped_at = "stopped", now
+        if r.state == "running":
+            dispatch(now)
 
     def scale_to(new_target: int, now: float) -> None:
         live = [r for r in replicas if r.state in ("starting", "running")]
@@ -571,9 +454,9 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
                 if r.engine.ongoing == 0:
                     r.state, r.stopped_at = "stopped", now
 
-    def control(tick: int) -> None:
+    def control(now: float) -> None:
         nonlocal target
-        now = float(tick)
+        tick = int(now)
         for r in replicas:
             if r.state == "starting" and r.ready_at <= now:
                 r.state = "running"
@@ -643,35 +526,27 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
 
     for _ in range(target):
         start_replica(0.0, 0.0)  # the day starts with the minimum, warm
-    arrivals = trace.requests
-    a, tick = 0, TICK_S
-    end_tick = int(trace.duration_s)
-    while a < len(arrivals) or wakeups or queue:
-        t_arrival = arrivals[a].arrival if a < len(arrivals) else math.inf
-        t_wake = wakeups[0][0] if wakeups else math.inf
-        t_tick = float(tick) if tick <= end_tick or queue else math.inf
-        if t_tick <= min(t_arrival, t_wake):
-            control(tick)
-            tick += TICK_S
-        elif t_wake <= t_arrival:
-            now, i, version = heapq.heappop(wakeups)
-            r = replicas[i]
-            if version != r.engine.version:
-                continue
-            done, when = r.engine.advance(now)
-            schedule(i, when)
-            finish(r, done, now)
-            if r.state == "running":
-                dispatch(now)
-        else:
-            req = arrivals[a]
-            a += 1
-            if not queue:
-                i = pick()
-                if i is not None:
-                    schedule(i, replicas[i].engine.submit(req, req.arrival))
-                    continue
-            queue.append(req)
+
+    def arrive(req: Request, now: float) -> None:
+        if not queue:
+            i = pick()
+            if i is not None:
+                loop.submit(i, req, now)
+                return
+        queue.append(req)
+
+    # Control ticks run through the day, and after it while requests wait for a replica.
+    end = float(int(trace.duration_s))
+    loop.run(
+        trace.requests,
+        Handlers(
+            arrive,
+            finish,
+            control,
+            ticking=lambda now, _: now <= end or bool(queue),
+            backlog=lambda: bool(queue),
+        ),
+    )
     gpu_s = sum(
         min(trace.duration_s, r.stopped_at if r.stopped_at is not None else math.inf)
         - r.requested_at
@@ -704,11 +579,11 @@ def simulate(trace: Trace, pool: PoolModel, policy: str, seed: int = 0) -> RunRe
 
 
 @dataclass(frozen=True)
-class Summary:
+class PolicySummary:
     policy: str
     requests: int
-    slo_ttft: float  # share of all requests with TTFT <= TTFT_SLO_S (timeouts miss)
-    slo_both: float  # ... and TPOT <= TPOT_SLO_S
+    slo_ttft: float  # share of all requests with TTFT <= report.TTFT_SLO_S (timeouts miss)
+    slo_both: float  # ... and TPOT <= report.TPOT_SLO_S
     ttft_p50: float
     ttft_p95: float
     ttft_p99: float
@@ -723,28 +598,23 @@ class Summary:
     cut_by_shutdown_timeout: int
 
 
-def _pct(values: np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q)) if len(values) else math.nan
-
-
 def met(result: RunResult) -> tuple[np.ndarray, np.ndarray]:
-    """Per request: TTFT within the SLO; TTFT and TPOT within theirs (nan compares False)."""
-    ttft_ok = result.ttft <= TTFT_SLO_S
-    return ttft_ok, ttft_ok & (result.tpot <= TPOT_SLO_S)
+    """Per request: TTFT within the SLO; TTFT and TPOT within theirs (timeouts miss both)."""
+    return report.within_slo(result.ttft, result.tpot)
 
 
-def summarise(result: RunResult) -> Summary:
+def summarise(result: RunResult) -> PolicySummary:
     served = result.ttft[~np.isnan(result.ttft)]
     ttft_ok, both_ok = met(result)
     n = len(result.ttft)
-    return Summary(
+    return PolicySummary(
         policy=result.policy,
         requests=n,
         slo_ttft=float(ttft_ok.mean()) if n else math.nan,
         slo_both=float(both_ok.mean()) if n else math.nan,
-        ttft_p50=_pct(served, 50),
-        ttft_p95=_pct(served, 95),
-        ttft_p99=_pct(served, 99),
+        ttft_p50=report.pct(served, 50),
+        ttft_p95=report.pct(served, 95),
+        ttft_p99=report.pct(served, 99),
         gpu_hours=result.gpu_seconds / 3600.0,
         mean_replicas=result.gpu_seconds / result.duration_s,
         peak_replicas=int(result.held.max()) if len(result.held) else 0,
@@ -757,21 +627,27 @@ def summarise(result: RunResult) -> Summary:
     )
 
 
-def summary_table(summaries: Sequence[Summary]) -> str:
-    lines = [
-        "| policy | TTFT <= 2 s | + TPOT <= 50 ms | TTFT p50 / p95 / p99 s | GPU-hours |"
-        " mean replicas | peak | scale-ups / downs | replicas started (cancelled cold) |"
-        " timeouts |",
-        "|" + "---|" * 10,
+def policy_table(summaries: Sequence[PolicySummary]) -> str:
+    head = (
+        "policy, TTFT <= 2 s, + TPOT <= 50 ms, TTFT p50 / p95 / p99 s, GPU-hours, mean replicas,"
+        " peak, scale-ups / downs, replicas started (cancelled cold), timeouts"
+    ).split(", ")
+    rows = [
+        [
+            s.policy,
+            f"{s.slo_ttft:.2%}",
+            f"{s.slo_both:.2%}",
+            f"{s.ttft_p50:.2f} / {s.ttft_p95:.2f} / {s.ttft_p99:.2f}",
+            f"{s.gpu_hours:.2f}",
+            f"{s.mean_replicas:.2f}",
+            str(s.peak_replicas),
+            f"{s.ups} / {s.downs}",
+            f"{s.started} ({s.cancelled})",
+            str(s.dropped),
+        ]
+        for s in summaries
     ]
-    for s in summaries:
-        lines.append(
-            f"| {s.policy} | {s.slo_ttft:.2%} | {s.slo_both:.2%} |"
-            f" {s.ttft_p50:.2f} / {s.ttft_p95:.2f} / {s.ttft_p99:.2f} |"
-            f" {s.gpu_hours:.2f} | {s.mean_replicas:.2f} | {s.peak_replicas} |"
-            f" {s.ups} / {s.downs} | {s.started} ({s.cancelled}) | {s.dropped} |"
-        )
-    return "\n".join(lines)
+    return report.table(head, rows)
 
 
 def windows(trace: Trace) -> dict[str, list[tuple[float, float]]]:
@@ -799,7 +675,7 @@ def window_table(trace: Trace, results: Sequence[RunResult]) -> str:
         for r in results:
             ok, _ = met(r)
             served = r.ttft[mask & ~np.isnan(r.ttft)]
-            cells.append(f"{ok[mask].mean():.1%} / {_pct(served, 95):.2f}")
+            cells.append(f"{ok[mask].mean():.1%} / {report.pct(served, 95):.2f}")
         lines.append(f"| {name} | {int(mask.sum())} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -826,81 +702,73 @@ def rolling_p95(trace: Trace, result: RunResult, step_s: float = 60.0, window_s:
 COLOURS = {SERVE_DEFAULT: "tab:blue", SERVE_REQUESTS: "tab:orange", OURS: "tab:green"}
 
 
-def plot(trace: Trace, results: Sequence[RunResult], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    hours = 1 / 3600.0
-    fig, axes = plt.subplots(3, 1, figsize=(13, 10), sharex=True)
-    arrival = np.array([r.arrival for r in trace.requests])
-    minutes = np.arange(0, trace.duration_s + 60, 60)
-    counts, _ = np.histogram(arrival, bins=minutes)
-    ax = axes[0]
-    ax.step(minutes[:-1] * hours, counts / 60.0, where="post", color="black", linewidth=0.8)
-    ax.set_ylabel("arrivals, req/s (1 min bins)")
-    ax.set_title("Offered load")
-    ax = axes[1]
-    for r in results:
-        ax.step(r.ticks * hours, r.held, where="post", color=COLOURS.get(r.policy), label=r.policy)
-        ax.step(
-            r.ticks * hours,
-            r.running,
-            where="post",
-            color=COLOURS.get(r.policy),
-            linestyle=":",
-            linewidth=0.8,
+def plot_day(trace: Trace, results: Sequence[RunResult], path: Path, title: str) -> None:
+    with report.figure(path, title, 3, 1, figsize=(13, 10), sharex=True) as axes:
+        hours = 1 / 3600.0
+        arrival = np.array([r.arrival for r in trace.requests])
+        minutes = np.arange(0, trace.duration_s + 60, 60)
+        counts, _ = np.histogram(arrival, bins=minutes)
+        ax = axes[0]
+        ax.step(minutes[:-1] * hours, counts / 60.0, where="post", color="black", linewidth=0.8)
+        ax.set_ylabel("arrivals, req/s (1 min bins)")
+        ax.set_title("Offered load")
+        ax = axes[1]
+        for r in results:
+            ax.step(
+                r.ticks * hours, r.held, where="post", color=COLOURS.get(r.policy), label=r.policy
+            )
+            ax.step(
+                r.ticks * hours,
+                r.running,
+                where="post",
+                color=COLOURS.get(r.policy),
+                linestyle=":",
+                linewidth=0.8,
+            )
+        ax.set_ylabel("replicas (solid: GPUs held, dotted: serving)")
+        ax.legend(loc="upper left")
+        ax.set_title("Replicas")
+        ax = axes[2]
+        for r in results:
+            t, p95 = rolling_p95(trace, r)
+            ax.plot(t * hours, p95, color=COLOURS.get(r.policy), label=f"{r.policy}", linewidth=1)
+        ours = next((r for r in results if r.policy == OURS), None)
+        if ours is not None:
+            ax.plot(
+                ours.ticks * hours,
+                ours.ttft_signal,
+                color=COLOURS[OURS],
+                linestyle="--",
+                linewidth=0.7,
+                label="ours: Prometheus p95 it saw",
+            )
+        ax.axhline(report.TTFT_SLO_S, color="red", linestyle="--", linewidth=0.8, label="SLO 2 s")
+        ax.set_yscale("log")
+        ax.set_ylabel("TTFT p95, s (2 min rolling, log)")
+        ax.set_xlabel(f"simulated hours (the 24 h day shape played over {trace.day_hours:g} h)")
+        ax.legend(loc="upper left", fontsize=8)
+        ax.set_title("Time to first token")
+        for ax in axes:
+            for a, b in trace.bursts:
+                ax.axvspan(a * hours, b * hours, color="orange", alpha=0.12, linewidth=0)
+            if trace.outage:
+                a, b = trace.outage
+                ax.axvspan(a * hours, b * hours, color="grey", alpha=0.3, linewidth=0, hatch="//")
+        axes[0].text(
+            0.99,
+            0.95,
+            "orange: 3x bursts; grey: Prometheus outage",
+            transform=axes[0].transAxes,
+            ha="right",
+            va="top",
+            fontsize=8,
         )
-    ax.set_ylabel("replicas (solid: GPUs held, dotted: serving)")
-    ax.legend(loc="upper left")
-    ax.set_title("Replicas")
-    ax = axes[2]
-    for r in results:
-        t, p95 = rolling_p95(trace, r)
-        ax.plot(t * hours, p95, color=COLOURS.get(r.policy), label=f"{r.policy}", linewidth=1)
-    ours = next((r for r in results if r.policy == OURS), None)
-    if ours is not None:
-        ax.plot(
-            ours.ticks * hours,
-            ours.ttft_signal,
-            color=COLOURS[OURS],
-            linestyle="--",
-            linewidth=0.7,
-            label="ours: Prometheus p95 it saw",
-        )
-    ax.axhline(TTFT_SLO_S, color="red", linestyle="--", linewidth=0.8, label="SLO 2 s")
-    ax.set_yscale("log")
-    ax.set_ylabel("TTFT p95, s (2 min rolling, log)")
-    ax.set_xlabel(f"simulated hours (the 24 h day shape played over {trace.day_hours:g} h)")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Time to first token")
-    for ax in axes:
-        for a, b in trace.bursts:
-            ax.axvspan(a * hours, b * hours, color="orange", alpha=0.12, linewidth=0)
-        if trace.outage:
-            a, b = trace.outage
-            ax.axvspan(a * hours, b * hours, color="grey", alpha=0.3, linewidth=0, hatch="//")
-    axes[0].text(
-        0.99,
-        0.95,
-        "orange: 3x bursts; grey: Prometheus outage",
-        transform=axes[0].transAxes,
-        ha="right",
-        va="top",
-        fontsize=8,
-    )
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # --- Main ----------------------------------------------------------------------------------
 
 
-def run_all(seed: int, args: argparse.Namespace) -> tuple[Trace, PoolModel, list[RunResult]]:
+def run_policies(seed: int, args: argparse.Namespace) -> tuple[Trace, PoolModel, list[RunResult]]:
     pool = load_pool(args.min_replicas, args.max_replicas, args.cold_start_s, dict(args.set))
     trace = make_trace(seed, args.day_hours, args.peak_rate)
     return trace, pool, [simulate(trace, pool, p, seed) for p in args.policies]
@@ -931,8 +799,8 @@ def _parser() -> argparse.ArgumentParser:
         help="what-if: override a pool setting, e.g. autoscaling.downscale_headroom=0.8"
         " (serve-requests and ours read them; serve-default keeps Serve's defaults)",
     )
-    parser.add_argument("--plot", type=Path, default=RESULTS / "autoscale_sim.png")
-    parser.add_argument("--markdown", type=Path, default=RESULTS / "autoscale_sim.md")
+    parser.add_argument("--plot", type=Path, default=report.RESULTS / "autoscale_sim.png")
+    parser.add_argument("--markdown", type=Path, default=report.RESULTS / "autoscale_sim.md")
     return parser
 
 
@@ -945,7 +813,7 @@ def _setting(text: str) -> tuple[str, Any]:
 
 def _command(argv: list[str] | None) -> str:
     extra = " ".join(argv if argv is not None else sys.argv[1:])
-    return f".venv/bin/python benchmarks/autoscale_sim.py {extra}".strip()
+    return f".venv/bin/python -m benchmarks.sim.autoscale {extra}".strip()
 
 
 def _header(trace: Trace, pool: PoolModel, args: argparse.Namespace) -> str:
@@ -966,10 +834,11 @@ def _header(trace: Trace, pool: PoolModel, args: argparse.Namespace) -> str:
         " (draining replicas finish their requests).\n"
         f"Trace: seed {args.seed}; the 24 h day shape played over {trace.day_hours:g} simulated"
         f" hours (bursts and delays in real seconds); peak {args.peak_rate:g} req/s;"
-        f" {n} requests of routing_sim's interactive mix (chat, tools/JSON, images,"
+        f" {n} requests of the routing sim's interactive mix (chat, tools/JSON, images,"
         f" shared-prefix); bursts {BURST_MULTIPLIER:g}x: {bursts}; Prometheus outage {outage}.\n"
-        f"SLO: TTFT <= {TTFT_SLO_S:g} s (the pool's ttft_p95_slo_s), and with TPOT <="
-        f" {TPOT_SLO_S * 1e3:.0f} ms (routing_sim's objective); shares over all requests,"
+        f"SLO: TTFT <= {report.TTFT_SLO_S:g} s (the pool's ttft_p95_slo_s), and with TPOT <="
+        f" {report.TPOT_SLO_S * 1e3:.0f} ms (the routing sim's objective); shares over all"
+        " requests,"
         f" timeouts ({pool.request_timeout_s:.0f} s, server.request_timeout_s) count as misses;"
         " TTFT percentiles over served requests.\n"
         "Policies: serve-default = Ray Serve's request policy with Serve's defaults (delays"
@@ -1008,18 +877,18 @@ def _cut_line(results: Sequence[RunResult]) -> str:
     )
 
 
-def _spread(first: Sequence[Summary], args: argparse.Namespace) -> str:
+def _spread(first: Sequence[PolicySummary], args: argparse.Namespace) -> str:
     """The same policies on further seeds (each its own trace): values per seed and mean,
     then ours against each other policy on the same traces (paired differences)."""
     per_seed = [list(first)]
     for seed in range(args.seed + 1, args.seed + 1 + args.other_seeds):
-        _, _, results = run_all(seed, args)
+        _, _, results = run_policies(seed, args)
         per_seed.append([summarise(r) for r in results])
     seeds = list(range(args.seed, args.seed + 1 + args.other_seeds))
 
     def cells(values: list[float], fmt: str) -> str:
-        shown = ", ".join(format(v, fmt) for v in values)
-        return f"{shown} ({format(float(np.mean(values)), fmt)})"
+        listed = ", ".join(format(v, fmt) for v in values)
+        return f"{listed} ({format(float(np.mean(values)), fmt)})"
 
     lines = [
         f"Seeds {', '.join(map(str, seeds))}: value per seed (mean).",
@@ -1058,11 +927,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ray.serve").setLevel(logging.ERROR)
     args = _parser().parse_args(argv)
     started = time.perf_counter()
-    trace, pool, results = run_all(args.seed, args)
+    trace, pool, results = run_policies(args.seed, args)
     summaries = [summarise(r) for r in results]
     parts = [
         _header(trace, pool, args),
-        summary_table(summaries),
+        policy_table(summaries),
         "Inside the day (TTFT <= 2 s share / TTFT p95 of served requests):\n\n"
         + window_table(trace, results),
         _reasons_line(results),
@@ -1074,21 +943,20 @@ def main(argv: list[str] | None = None) -> int:
         f"Autoscaling one {POOL} pool over a SIMULATED day ({trace.day_hours:g} h, seed"
         f" {args.seed}; cost model, not measurements)"
     )
-    plot(trace, results, args.plot, title)
+    plot_day(trace, results, args.plot, title)
     wall = time.perf_counter() - started
     body = "\n\n".join(p for p in parts if p)
     print(body + "\n")
-    shown = args.plot.relative_to(ROOT) if args.plot.is_relative_to(ROOT) else args.plot
-    print(f"Plot: {shown} ({wall:.0f} s wall)")
+    print(f"Plot: {report.shown(args.plot)} ({wall:.0f} s wall)")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         today = datetime.date.today().isoformat()
         args.markdown.write_text(
             "# Autoscaling simulation: results (SIMULATED, not measured)\n\n"
             f"Produced on {today} by `{_command(argv)}` (seed {args.seed}) in {wall:.0f} s on"
-            " the development machine. Every figure comes from the cost model in"
-            " `benchmarks/fleet_model.py`; no GPU was used. Plot:"
-            f" `{shown}`.\n\n{body}\n"
+            " the development machine. Every report.figure comes from the cost model in"
+            " `benchmarks/sim/fleet_model.py`; no GPU was used. Plot:"
+            f" `{report.shown(args.plot)}`.\n\n{body}\n"
         )
     return 0
 

@@ -1,6 +1,6 @@
 """A cost model of Gemma 4 replicas on H100s, and a continuous-batching replica simulator.
 
-Shared by the routing simulation (`routing_sim.py`) and meant for an autoscaling one, so
+Shared by the routing and the autoscaling simulations (`routing.py`, `autoscale.py`), so
 nothing here knows about routing: a `ReplicaType` says how long an engine step takes, and a
 `Replica` runs jobs through a vLLM-like scheduler in simulated time.
 
@@ -20,7 +20,7 @@ FLOPs at a lower efficiency plus the KV bytes that decoding sequences read. FLOP
 of them for the dense 31B, and for the MoE the shared weights plus the experts the step's
 tokens pick (nearly all of them from ~48 tokens a step; see `weight_bytes_read`).
 
-    .venv/bin/python benchmarks/fleet_model.py --check     # the sanity checks against section 5
+    .venv/bin/python -m benchmarks.sim.fleet_model --check     # the sanity checks against section 5
 """
 
 from __future__ import annotations

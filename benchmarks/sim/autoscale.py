@@ -12,7 +12,7 @@ the same replica start-up time:
   serve-requests  The same policy with this service's delays and look-back (what
                   `autoscaling.policy: requests` deploys): separates delays from signals.
   ours            `service.autoscaling.serve_policy.PoolAutoscalingPolicy`, built from the
-                  kwargs `service.catalog.autoscaling_config` makes from the pool's settings,
+                  kwargs `service.engine_config.autoscaling_config` makes from the pool's settings,
                   so every tick runs the real `signals_from_context` and `decide`.
 
 Nothing of either policy is copied here; what is modelled is what Serve feeds them (windowed
@@ -63,7 +63,7 @@ from benchmarks.sim.workload import (
     per_second_requests,
     prefix_groups,
 )
-from service import catalog
+from service import engine_config
 from service.autoscaling.decision import Decision, Signals
 from service.autoscaling.serve_policy import (
     ENGINE_WAITING,
@@ -85,7 +85,7 @@ MAX_REPLICAS = 8
 # WEIGHT_BYTES) from a node-local NVMe cache at ~2-3 GB/s ~12-17 s; torch.compile from its
 # cache 10-30 s (a cold compile is minutes); memory profiling and KV allocation 5-10 s; CUDA
 # graph capture over vLLM's ~67 batch sizes 15-40 s; Serve health check ~10 s (period 10 s,
-# catalog.deployment_config). 70-140 s in all: 120 s, the same for every policy. A replica is
+# engine_config.deployment_config). 70-140 s in all: 120 s, the same for every policy. A replica is
 # paid for (GPU-hours) from the moment it is requested.
 COLD_START_S = 120.0
 
@@ -273,11 +273,11 @@ def make_controller(name: str, pool: PoolModel) -> Controller:
         requests = p.model_copy(
             update={"autoscaling": p.autoscaling.model_copy(update={"policy": "requests"})}
         )
-        config = _serve_config(catalog.autoscaling_config(requests, None))
+        config = _serve_config(engine_config.autoscaling_config(requests, None))
         return Controller(name, config, serve_ap.default_autoscaling_policy)
     if name == OURS:
-        # The Prometheus address only makes catalog add the TTFT query; nothing is fetched.
-        config = _serve_config(catalog.autoscaling_config(p, "http://prometheus.invalid:9090"))
+        # The Prometheus address only makes engine_config add the TTFT query; nothing is fetched.
+        config = _serve_config(engine_config.autoscaling_config(p, "http://prometheus.invalid:9090"))
         ours = SimulatedPoolPolicy(**config.policy.policy_kwargs)
         return Controller(name, config, ours, ours)
     raise ValueError(name)

@@ -206,7 +206,7 @@ def _affine(req: Request, pool: str, idx: list[int], state: FleetState) -> int:
     prefix_affinity_max_imbalance longer than the least-loaded one's (load guard).
 
     Production uses Ray's PrefixCacheAffinityRouter with imbalanced_threshold = the same
-    setting (catalog.deployment_config); Ray's guard compares the pool's longest and shortest
+    setting (engine_config.deployment_config); Ray's guard compares the pool's longest and shortest
     queues rather than the home replica's with the shortest, and it matches prompt text in a
     prefix tree where this keys on the group. Close enough for a routing comparison."""
     assert req.prefix_key is not None

@@ -13,44 +13,20 @@ from dataclasses import dataclass, field
 
 from service.routing.candidates import Candidates, PoolInfo
 from service.routing.features import RequestFeatures
-from service.routing.saturation import PoolLoad, is_saturated
+from service.routing.saturation import PoolLoad
 from service.routing.steps import (
-    REGISTRY,
     STEP_NAMES,
     RoutingStep,
-    StepFunction,
     StepName,
-    UnknownStep,
     resolve,
 )
-from service.routing.steps.capability import CapabilityParams, NoCapablePool, capability
-from service.routing.steps.size_shape import SizeShapeParams, size_shape
+from service.routing.steps.capability import CapabilityParams, NoCapablePool
+from service.routing.steps.size_shape import SizeShapeParams
 from service.routing.steps.spill_over import (
-    AllSaturated,
-    NoHealthyPool,
     SpillOverParams,
-    spill_over,
 )
 
-__all__ = [
-    "STEPS",
-    "STEP_NAMES",
-    "AllSaturated",
-    "Candidates",
-    "NoCapablePool",
-    "NoHealthyPool",
-    "PoolInfo",
-    "PoolLoad",
-    "RouteDecision",
-    "RoutingPolicy",
-    "StepName",
-    "Thresholds",
-    "UnknownStep",
-    "capability",
-    "is_saturated",
-    "size_shape",
-    "spill_over",
-]
+__all__ = ["RouteDecision", "RoutingPolicy", "Thresholds"]
 
 
 @dataclass(frozen=True)
@@ -58,10 +34,6 @@ class Thresholds(SpillOverParams, SizeShapeParams, CapabilityParams):
     """Every step's parameters in one flat record, as the `routing.*` settings are flat; each
     step reads its own part through its parameter model, which this extends (a test checks
     that it extends every registered step's). Built from settings in setup.py."""
-
-
-# Each step's function by name, for callers that run one step alone (benchmarks/routing_sim.py).
-STEPS: Mapping[str, StepFunction] = {name: step.run for name, step in REGISTRY.items()}
 
 
 @dataclass(frozen=True)

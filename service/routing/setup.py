@@ -6,8 +6,9 @@ import dataclasses
 from typing import Any, TypeVar
 
 from service import catalog
+from service.routing.candidates import PoolInfo
 from service.routing.load import LoadTracker
-from service.routing.policy import PoolInfo, RoutingPolicy, Thresholds
+from service.routing.policy import RoutingPolicy, Thresholds
 from service.settings import Settings
 
 T = TypeVar("T")

@@ -28,10 +28,9 @@ from yamllint.config import YamlLintConfig
 
 from service.access.keys import parse_document
 from service.cli import main as gemma_serve
+from service.pool_settings import PoolSettings, ReplicaSettings
 from service.settings import (
     AccessSettings,
-    PoolSettings,
-    ReplicaSettings,
     ServerSettings,
     Settings,
     TelemetrySettings,

@@ -4,14 +4,12 @@ from pathlib import Path
 
 import pytest
 
+from service.pool_settings import AutoscalingSettings, PoolSettings, ReplicaSettings
 from service.settings import (
     AccessSettings,
-    AutoscalingSettings,
     BoundsSettings,
     MediaSettings,
-    PoolSettings,
     RaySettings,
-    ReplicaSettings,
     RoutingSettings,
     ServerSettings,
     Settings,

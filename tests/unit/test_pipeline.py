@@ -9,8 +9,8 @@ from service.access.gate import RequestContext
 from service.errors import ContextLengthExceeded, InvalidRequest, ModelNotFound
 from service.gateway.apis import CHAT, COMPLETIONS, MESSAGES, RESPONSES
 from service.gateway.pipeline import Checked, RequestPipeline
-from service.routing.policy import AllSaturated
 from service.routing.setup import build_load_tracker
+from service.routing.steps.spill_over import AllSaturated
 from service.settings import Settings
 from service.telemetry.metrics import NullRecorder
 from service.telemetry.request import RequestTelemetry

@@ -6,17 +6,12 @@ import dataclasses
 import pytest
 
 from service.catalog import Modality
+from service.routing.candidates import Candidates, PoolInfo
 from service.routing.features import RequestFeatures
-from service.routing.policy import (
-    Candidates,
-    NoCapablePool,
-    PoolInfo,
-    PoolLoad,
-    RouteDecision,
-    RoutingPolicy,
-    Thresholds,
-)
+from service.routing.policy import RouteDecision, RoutingPolicy, Thresholds
+from service.routing.saturation import PoolLoad
 from service.routing.setup import build_policy
+from service.routing.steps.capability import NoCapablePool
 from service.settings import RoutingSettings, Settings
 
 TEXT = frozenset({Modality.TEXT})

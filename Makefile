@@ -19,7 +19,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install system-deps run build-tiny test test-unit test-integration lint bench \
 	bench-routing bench-autoscale bench-burst bench-grammar bench-data-plane loadtest-smoke \
-	reliability soak clean
+	reliability soak chart-schema clean
 
 install: $(STAMP)
 
@@ -81,6 +81,11 @@ reliability: $(STAMP) system-deps build-tiny
 lint: $(STAMP)
 	$(BIN)/ruff check service tests benchmarks deploy loadtests
 	$(BIN)/ruff format --check service tests benchmarks deploy loadtests
+
+# The chart's values.schema.json: its `config` from the settings models, the rest from
+# deploy/helm/chart_schema/values.schema.base.json. Run after changing either (a unit test says so).
+chart-schema: $(STAMP)
+	$(BIN)/python -m deploy.helm.chart_schema.generate
 
 bench: $(STAMP) build-tiny
 	$(BIN)/python benchmarks/gateway_overhead.py

@@ -28,12 +28,17 @@ from yamllint.config import YamlLintConfig
 
 from service.access.keys import parse_document
 from service.cli import main as gemma_serve
-from service.pool_settings import PoolSettings, ReplicaSettings
+from service.pool_settings import AutoscalingSettings, PoolSettings, ReplicaSettings
 from service.settings import (
     AccessSettings,
+    BoundsSettings,
+    MediaSettings,
+    RaySettings,
+    RoutingSettings,
     ServerSettings,
     Settings,
     TelemetrySettings,
+    TracingSettings,
 )
 
 ROOT = Path(__file__).parents[2]
@@ -317,10 +322,16 @@ def test_values_schema_refuses_running_as_root():
     [
         (Settings, ("config",)),
         (ServerSettings, ("config", "server")),
+        (BoundsSettings, ("config", "bounds")),
+        (RaySettings, ("config", "ray")),
+        (RoutingSettings, ("config", "routing")),
+        (MediaSettings, ("config", "media")),
         (AccessSettings, ("config", "access")),
         (TelemetrySettings, ("config", "telemetry")),
+        (TracingSettings, ("config", "telemetry", "tracing")),
         (PoolSettings, ("config", "pools", "items")),
         (ReplicaSettings, ("config", "pools", "items", "replicas")),
+        (AutoscalingSettings, ("config", "pools", "items", "autoscaling")),
     ],
 )
 def test_values_schema_knows_exactly_the_service_settings(model, path):

@@ -277,7 +277,9 @@ def make_controller(name: str, pool: PoolModel) -> Controller:
         return Controller(name, config, serve_ap.default_autoscaling_policy)
     if name == OURS:
         # The Prometheus address only makes engine_config add the TTFT query; nothing is fetched.
-        config = _serve_config(engine_config.autoscaling_config(p, "http://prometheus.invalid:9090"))
+        config = _serve_config(
+            engine_config.autoscaling_config(p, "http://prometheus.invalid:9090")
+        )
         ours = SimulatedPoolPolicy(**config.policy.policy_kwargs)
         return Controller(name, config, ours, ours)
     raise ValueError(name)

@@ -16,10 +16,10 @@ from benchmarks.sim.fleet_model import Replica
 from service.routing.features import RequestFeatures
 from service.routing.load import EngineSample, LoadTracker
 from service.routing.policy import RoutingPolicy
-from service.routing.saturation import PoolLoad, is_saturated
 from service.routing.setup import build_policy
 from service.routing.steps.capability import NoCapablePool
 from service.routing.steps.spill_over import AllSaturated
+from service.saturation import PoolLoad, is_saturated
 from service.settings import Settings
 
 __all__ = ["Gateway", "PoolLoad", "Routed", "RoutingPolicy", "build_policy", "route"]

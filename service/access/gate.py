@@ -31,7 +31,7 @@ from service.errors import (
     ShedForPriority,
     TooLargeForTokenLimit,
 )
-from service.routing.saturation import PoolLoad, SaturationLimits, is_saturated
+from service.saturation import PoolLoad, SaturationLimits, is_saturated
 from service.settings import AccessSettings, Settings
 from service.telemetry.metrics import RequestOutcome
 

@@ -33,8 +33,8 @@ from service.gateway.requests import read_json_object
 from service.routing.features import RequestFeatures
 from service.routing.load import LoadTracker
 from service.routing.policy import RouteDecision
-from service.routing.saturation import PoolLoad
 from service.routing.setup import build_policy
+from service.saturation import PoolLoad
 from service.settings import PoolSettings, Settings
 from service.telemetry.request import RequestTelemetry
 

@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from service.routing.saturation import PoolLoad
+from service.saturation import PoolLoad
 
 DRAIN_BUCKET_S = 5.0
 DRAIN_MEMORY_S = 600.0

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from service.routing.candidates import Candidates, PoolInfo
 from service.routing.features import RequestFeatures
-from service.routing.saturation import PoolLoad
 from service.routing.steps import (
     STEP_NAMES,
     RoutingStep,
@@ -25,6 +24,7 @@ from service.routing.steps.size_shape import SizeShapeParams
 from service.routing.steps.spill_over import (
     SpillOverParams,
 )
+from service.saturation import PoolLoad
 
 __all__ = ["RouteDecision", "RoutingPolicy", "Thresholds"]
 

@@ -100,3 +100,15 @@ def test_the_service_never_imports_the_tools_built_on_it():
         if not target.startswith("service")
     }
     assert wrong == set()
+
+
+def test_admission_and_routing_share_only_leaf_modules():
+    # Both read pool load; the saturation detector they share is a leaf (service/saturation.py).
+    between = {
+        (name, target)
+        for name, targets in graph().items()
+        for target in targets
+        for a, b in (("service.access", "service.routing"), ("service.routing", "service.access"))
+        if name.startswith(a) and target.startswith(b)
+    }
+    assert between == set()

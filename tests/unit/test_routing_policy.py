@@ -1,5 +1,5 @@
 """The routing policy: whole decisions on a table of requests, and the policy built from
-settings. Each step alone: test_routing_steps.py; saturation: test_routing_saturation.py."""
+settings. Each step alone: test_routing_steps.py; saturation: test_saturation.py."""
 
 import dataclasses
 
@@ -9,9 +9,9 @@ from service.catalog import Modality
 from service.routing.candidates import Candidates, PoolInfo
 from service.routing.features import RequestFeatures
 from service.routing.policy import RouteDecision, RoutingPolicy, Thresholds
-from service.routing.saturation import PoolLoad
 from service.routing.setup import build_policy
 from service.routing.steps.capability import NoCapablePool
+from service.saturation import PoolLoad
 from service.settings import RoutingSettings, Settings
 
 TEXT = frozenset({Modality.TEXT})

@@ -9,7 +9,6 @@ from service.catalog import Modality
 from service.routing.candidates import Candidates, PoolInfo
 from service.routing.features import RequestFeatures
 from service.routing.policy import RoutingPolicy, Thresholds
-from service.routing.saturation import PoolLoad
 from service.routing.steps import (
     REGISTRY,
     STEP_NAMES,
@@ -22,6 +21,7 @@ from service.routing.steps import (
 from service.routing.steps.capability import CapabilityParams, NoCapablePool
 from service.routing.steps.size_shape import SizeShapeParams
 from service.routing.steps.spill_over import AllSaturated, NoHealthyPool, SpillOverParams
+from service.saturation import PoolLoad
 from service.settings import RoutingSettings
 
 TEXT = frozenset({Modality.TEXT})

@@ -14,8 +14,8 @@ from typing import Any, Literal, get_args
 
 from service.routing.candidates import Candidates
 from service.routing.features import RequestFeatures
-from service.routing.saturation import PoolLoad
 from service.routing.steps import capability, size_shape, spill_over
+from service.saturation import PoolLoad
 
 # The same names as RoutingSettings.steps accepts (a test keeps the two equal).
 StepName = Literal["capability", "size_shape", "spill_over"]

@@ -11,7 +11,7 @@ from service.catalog import Modality
 from service.errors import InvalidRequest
 from service.routing.candidates import Candidates
 from service.routing.features import RequestFeatures
-from service.routing.saturation import PoolLoad
+from service.saturation import PoolLoad
 
 NAME: Final = "capability"
 

@@ -10,7 +10,7 @@ from typing import Final
 
 from service.routing.candidates import Candidates
 from service.routing.features import RequestFeatures
-from service.routing.saturation import PoolLoad
+from service.saturation import PoolLoad
 
 NAME: Final = "size_shape"
 

@@ -1,7 +1,7 @@
 """`spill_over`: take the first preferred pool that is healthy and not saturated; when every
 one is saturated or down, refuse with 503 and Retry-After rather than queue without bound.
 Past its request counts a pool still takes work while what is ahead drains within
-`max_queue_wait_s` at the rate it has shown it drains (service/routing/saturation.py)."""
+`max_queue_wait_s` at the rate it has shown it drains (service/saturation.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Final
 from service.errors import ServiceUnavailable
 from service.routing.candidates import Candidates
 from service.routing.features import RequestFeatures
-from service.routing.saturation import PoolLoad, SaturationLimits, is_saturated
+from service.saturation import PoolLoad, SaturationLimits, is_saturated
 
 NAME: Final = "spill_over"
 

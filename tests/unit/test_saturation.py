@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from service.routing.saturation import PoolLoad, SaturationLimits, is_saturated
+from service.saturation import PoolLoad, SaturationLimits, is_saturated
 
 LIMITS = SaturationLimits(max_ongoing_per_replica=4)
 

@@ -126,7 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise ConfigError(str(exc)) from None
         settings = settings.model_copy(update={"server": server})
     if settings.access.keys_file is not None:
-        from service.access.keys import KeyFile
+        from service.access.keys_reload import KeyFile
 
         KeyFile(settings.access.keys_file).current()  # a broken file stops us here, not later
     else:

@@ -18,14 +18,9 @@ from service.access.audit import AuditEntry, AuditLog
 from service.access.authentication import Principal
 from service.access.keys_reload import KeyFile
 from service.access.keys_schema import Tenant
-from service.access.limits import (
-    Admission,
-    LimiterUnavailable,
-    Limits,
-    RateLimiter,
-    build_limiter,
-)
-from service.access.usage import UsageStore, UsageUnavailable, build_usage_store
+from service.access.limits import Admission, LimiterUnavailable, Limits, RateLimiter
+from service.access.stores import build_limiter, build_usage_store
+from service.access.usage import UsageStore, UsageUnavailable
 from service.errors import (
     InvalidRequest,
     RateLimited,

@@ -15,7 +15,9 @@ from service.access.audit import AUDIT_LOGGER, AuditLog
 from service.access.gate import AccessControl
 from service.access.keys_editing import create_key, revoke_key
 from service.access.keys_reload import KeyFile
-from service.access.limits import MemoryRateLimiter, RedisRateLimiter, redis_client
+from service.access.memory_limiter import MemoryRateLimiter
+from service.access.redis_connection import redis_client
+from service.access.redis_limiter import RedisRateLimiter
 from service.access.usage import MemoryUsageStore, UsageUnavailable
 from service.gateway.api import create_app
 from service.local_ports import free_port

@@ -36,20 +36,26 @@ log = logging.getLogger(__name__)
 SETTLE_RETRY_FIRST_S = 0.5
 SETTLE_RETRY_MAX_S = 15.0
 
-# KEYS: requests hash, tokens hash, concurrency zset, admission record (one tenant: one Cluster
-#       hash slot).
-# ARGV: now ("" = Redis's clock), requests limit, tokens limit, token cost, concurrency limit
-#       (0 = no such limit), slot member, lease TTL, bucket TTL, window.
-# Returns: admitted (0/1), now (string: Lua numbers come back as integers), second,
-#          requests buckets {second, amount, ...}, tokens buckets, concurrency full (0/1).
-_ADMIT = """
+# Both scripts' first lines: `now` is ARGV[1], or Redis's own clock when that is "". A script
+# that reads TIME must replicate its effects, not itself (needed before Redis 5).
+_NOW = """
 if redis.replicate_commands then redis.replicate_commands() end
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local second = math.floor(now)
+"""
+
+# KEYS: requests hash, tokens hash, concurrency zset, admission record (one tenant: one Cluster
+#       hash slot).
+# ARGV: now ("" = Redis's clock), requests limit, tokens limit, token cost, concurrency limit
+#       (0 = no such limit), slot member, lease TTL, bucket TTL, window.
+# Returns: admitted (0/1), now (string: Lua numbers come back as integers), second,
+#          requests buckets {second, amount, ...}, tokens buckets, concurrency full (0/1).
+_ADMIT = (
+    _NOW
+    + """local second = math.floor(now)
 local window = tonumber(ARGV[9])
 
 local function live_buckets(key)
@@ -119,19 +125,15 @@ if admitted then
 end
 return {admitted and 1 or 0, tostring(now), second, req_live, tok_live, full}
 """
+)
 
 # KEYS: tokens hash, concurrency zset, admission record. ARGV: now ("" = Redis's clock), the
 # lease's second ("" = the record's), token correction, slot member ("" = none), window.
 # Without a record the lease was never charged or is settled already: nothing to correct, so a
 # settle run twice (a retry after a lost reply) corrects once.
-_SETTLE = """
-if redis.replicate_commands then redis.replicate_commands() end
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
-if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
+_SETTLE = (
+    _NOW
+    + """if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
 local recorded = redis.call('GET', KEYS[3])
 if not recorded then return 0 end
 redis.call('DEL', KEYS[3])
@@ -148,6 +150,7 @@ elseif delta > 0 then
 end
 return 1
 """
+)
 
 
 def _pairs(flat: Iterable[int | bytes]) -> list[tuple[int, int]]:

@@ -270,7 +270,9 @@ class AccessSettings(Strict):
     keys_file: Path | None = Field(
         None, description="API keys and tenants (docs/operator-guide.md); unset: no authentication"
     )
-    keys_reload_interval_s: float = Field(2.0, gt=0, description="how often the file is re-read")
+    keys_reload_interval_s: float = Field(
+        2.0, gt=0, description="how often, at most, the file is checked for a change"
+    )
     allow_unauthenticated_network_access: bool = Field(
         False,
         description="serve a cluster deployment without API keys (anyone who reaches it may "

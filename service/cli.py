@@ -18,7 +18,7 @@ import yaml
 from service import catalog
 from service.cpu_placement import place_cpu_pools
 from service.errors import ConfigError
-from service.settings import ServerSettings, Settings, access_problem, load_settings
+from service.settings import ServerSettings, Settings, load_settings, refuse_unsafe_access
 
 # How long Serve's proxy lets a request run beyond the gateway's own deadline: the
 # gateway answers first, with a proper error.
@@ -121,7 +121,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if overrides:
         server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
         try:
-            access_problem(server, settings.access)
+            refuse_unsafe_access(server, settings.access)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = settings.model_copy(update={"server": server})

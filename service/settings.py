@@ -340,7 +340,7 @@ class Settings(BaseSettings):
         clash = sorted(set(self.server.aliases) & set(ids))
         if clash:
             raise ValueError(f"server.aliases {clash} collide with pool ids")
-        access_problem(self.server, self.access)
+        refuse_unsafe_access(self.server, self.access)
         for rule in ("interactive_pool", "quality_pool"):
             named = getattr(self.routing, rule)
             if named is not None and named not in ids:
@@ -355,7 +355,7 @@ class Settings(BaseSettings):
         return self.cache_dir.expanduser().resolve()
 
 
-def access_problem(server: ServerSettings, access: AccessSettings) -> None:
+def refuse_unsafe_access(server: ServerSettings, access: AccessSettings) -> None:
     """Refuses an open service on a network address, and per-replica limits."""
     if access.keys_file is None and not is_loopback(server.host):
         raise ValueError(

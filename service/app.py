@@ -37,11 +37,11 @@ def from_args(args: dict[str, Any]) -> Application:
     """Ray Serve application builder for a RayService (`import_path: service.app:from_args`):
     `args` is the settings mapping, validated exactly like a config file."""
     settings = settings_from_mapping(dict(args), "serveConfigV2 args")
-    require_cluster_access(settings.access)
+    refuse_open_cluster_access(settings.access)
     return build_app(settings)
 
 
-def require_cluster_access(access: AccessSettings) -> None:
+def refuse_open_cluster_access(access: AccessSettings) -> None:
     """On a cluster Serve's proxy listens on the pod network whatever server.host says, so a
     deployment without keys is open to the network: refuse it unless asked for by name."""
     if access.keys_file is None and not access.allow_unauthenticated_network_access:

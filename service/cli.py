@@ -18,7 +18,7 @@ import yaml
 from service import catalog, engine_config
 from service.cpu_placement import place_cpu_pools
 from service.errors import ConfigError
-from service.settings import ServerSettings, Settings, load_settings, require_safe_access
+from service.settings import ServerSettings, Settings, load_settings, refuse_unsafe_access
 
 # How long Serve's proxy lets a request run beyond the gateway's own deadline: the
 # gateway answers first, with a proper error.
@@ -121,12 +121,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     if overrides:
         server = ServerSettings.model_validate(settings.server.model_dump() | overrides)
         try:
-            require_safe_access(server, settings.access)
+            refuse_unsafe_access(server, settings.access)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = settings.model_copy(update={"server": server})
     if settings.access.keys_file is not None:
-        from service.access.keys import KeyFile
+        from service.access.keys_reload import KeyFile
 
         KeyFile(settings.access.keys_file).current()  # a broken file stops us here, not later
     else:

@@ -137,7 +137,9 @@ class AccessSettings(Strict):
     keys_file: Path | None = Field(
         None, description="API keys and tenants (docs/operator-guide.md); unset: no authentication"
     )
-    keys_reload_interval_s: float = Field(2.0, gt=0, description="how often the file is re-read")
+    keys_reload_interval_s: float = Field(
+        2.0, gt=0, description="how often, at most, the file is checked for a change"
+    )
     allow_unauthenticated_network_access: bool = Field(
         False,
         description="serve a cluster deployment without API keys (anyone who reaches it may "
@@ -205,7 +207,7 @@ class Settings(BaseSettings):
         clash = sorted(set(self.server.aliases) & set(ids))
         if clash:
             raise ValueError(f"server.aliases {clash} collide with pool ids")
-        require_safe_access(self.server, self.access)
+        refuse_unsafe_access(self.server, self.access)
         for rule in ("interactive_pool", "quality_pool"):
             named = getattr(self.routing, rule)
             if named is not None and named not in ids:
@@ -220,7 +222,7 @@ class Settings(BaseSettings):
         return self.cache_dir.expanduser().resolve()
 
 
-def require_safe_access(server: ServerSettings, access: AccessSettings) -> None:
+def refuse_unsafe_access(server: ServerSettings, access: AccessSettings) -> None:
     """Refuses an open service on a network address, and per-replica limits."""
     if access.keys_file is None and not is_loopback(server.host):
         raise ValueError(

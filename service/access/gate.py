@@ -15,15 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.access.audit import AuditEntry, AuditLog
-from service.access.keys import KeyFile, Principal, Tenant
-from service.access.limits import (
-    Admission,
-    LimiterUnavailable,
-    Limits,
-    RateLimiter,
-    build_limiter,
-)
-from service.access.usage import UsageStore, UsageUnavailable, build_usage_store
+from service.access.authentication import Principal
+from service.access.keys_reload import KeyFile
+from service.access.keys_schema import Tenant
+from service.access.limits import Admission, LimiterUnavailable, Limits, RateLimiter
+from service.access.stores import build_limiter, build_usage_store
+from service.access.usage import UsageStore, UsageUnavailable
 from service.errors import (
     InvalidRequest,
     RateLimited,
@@ -78,18 +75,15 @@ class AccessControl:
         self._on_store_error = on_store_error
         self._tasks: set[asyncio.Task] = set()
 
-    @property
-    def enabled(self) -> bool:
-        return self._keys is not None
-
-    def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
+    async def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
         """The caller, or None when authentication is off (loopback only, by settings)."""
         if self._keys is None:
             return None
-        return self._keys.current().authenticate(headers.get("authorization"))
+        ring = await self._keys.refreshed()
+        return ring.authenticate(headers.get("authorization"))
 
-    def authorize_admin(self, headers: Mapping[str, str]) -> None:
-        principal = self.authenticate(headers)
+    async def authorize_admin(self, headers: Mapping[str, str]) -> None:
+        principal = await self.authenticate(headers)
         if principal is not None:
             principal.check_admin()
 
@@ -101,11 +95,11 @@ class AccessControl:
         principal.check_model(body.model)
         return cap_max_tokens(principal.tenant, body)
 
-    def keys_status(self) -> dict[str, Any] | None:
+    async def keys_status(self) -> dict[str, Any] | None:
         """The keys file in force, and why its present version is not, if it is not."""
         if self._keys is None:
             return None
-        self._keys.current()  # a due reload happens here, not only on a request
+        await self._keys.refreshed()  # a due reload happens here, not only on a request
         return {
             "file": str(self._keys.path),
             "loaded_at": self._keys.loaded_at.isoformat("T", "seconds"),

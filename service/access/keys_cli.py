@@ -12,17 +12,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from service.access.keys import (
-    KeyEntry,
-    KeyFileError,
-    KeyRing,
-    Priority,
-    Tenant,
-    create_key,
-    key_id_of,
-    list_keys,
-    revoke_key,
-)
+from service.access.authentication import KeyRing, key_id_of
+from service.access.keys_editing import create_key, list_keys, revoke_key
+from service.access.keys_schema import KeyEntry, KeyFileError, Priority, Tenant
 
 ERROR_EXIT = 2
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from service.access.limits import STORE_ERRORS, RedisOptions, redis_client
+from service.access.redis_connection import STORE_ERRORS
 
 MINUTE_S = 60
 RETENTION_S = 25 * 3600  # a day's report, plus slack for a late admin
@@ -37,7 +37,17 @@ class UsageRow:
     completion_tokens: int
 
 
-class UsageStore(Protocol):
+# (tenant, model, counter, amount), as a store reads its minutes back.
+Count = tuple[str, str, str, int]
+
+
+class UsageStore(ABC):
+    """What both stores share: checking a record, the clock, and summing a report's minutes.
+    `now` is injected by tests."""
+
+    def __init__(self, *, retention_s: int = RETENTION_S):
+        self._retention_s = retention_s
+
     async def record(
         self,
         tenant: str,
@@ -45,10 +55,29 @@ class UsageStore(Protocol):
         prompt_tokens: int,
         completion_tokens: int,
         now: float | None = None,
-    ) -> None: ...
+    ) -> None:
+        _check_record(tenant, model, prompt_tokens, completion_tokens)
+        now = time.time() if now is None else now
+        counts = dict(zip(COUNTERS, (1, prompt_tokens, completion_tokens), strict=True))
+        await self._add(tenant, model, counts, now)
 
-    async def report(self, window_s: int, now: float | None = None) -> list[UsageRow]: ...
+    async def report(self, window_s: int, now: float | None = None) -> list[UsageRow]:
+        now = time.time() if now is None else now
+        totals: dict[tuple[str, str], dict[str, int]] = {}
+        minutes = minutes_overlapping(window_s, now, self._retention_s)
+        for tenant, model, counter, n in await self._counts(minutes):
+            _add(totals, tenant, model, counter, n)
+        return _rows(totals)
 
+    @abstractmethod
+    async def _add(self, tenant: str, model: str, counts: dict[str, int], now: float) -> None:
+        """Add `counts` (counter -> amount) to the minute holding `now`."""
+
+    @abstractmethod
+    async def _counts(self, minutes: range) -> list[Count]:
+        """Every count recorded in these minutes (their start times)."""
+
+    @abstractmethod
     async def aclose(self) -> None: ...
 
 
@@ -93,35 +122,25 @@ def _add(
 # --- In memory: one gateway replica --------------------------------------------------------------
 
 
-class MemoryUsageStore:
+class MemoryUsageStore(UsageStore):
     def __init__(self, *, retention_s: int = RETENTION_S):
-        self._retention_s = retention_s
+        super().__init__(retention_s=retention_s)
         # minute start -> (tenant, model) -> counter -> total
         self._minutes: dict[int, dict[tuple[str, str], dict[str, int]]] = {}
 
-    async def record(
-        self,
-        tenant: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        now: float | None = None,
-    ) -> None:
-        _check_record(tenant, model, prompt_tokens, completion_tokens)
-        now = time.time() if now is None else now
+    async def _add(self, tenant: str, model: str, counts: dict[str, int], now: float) -> None:
         self._expire(now)
         minute = self._minutes.setdefault(minute_of(now), {})
-        for counter, n in zip(COUNTERS, (1, prompt_tokens, completion_tokens), strict=True):
+        for counter, n in counts.items():
             _add(minute, tenant, model, counter, n)
 
-    async def report(self, window_s: int, now: float | None = None) -> list[UsageRow]:
-        now = time.time() if now is None else now
-        totals: dict[tuple[str, str], dict[str, int]] = {}
-        for start in minutes_overlapping(window_s, now, self._retention_s):
-            for (tenant, model), counts in self._minutes.get(start, {}).items():
-                for counter, n in counts.items():
-                    _add(totals, tenant, model, counter, n)
-        return _rows(totals)
+    async def _counts(self, minutes: range) -> list[Count]:
+        return [
+            (tenant, model, counter, n)
+            for start in minutes
+            for (tenant, model), counts in self._minutes.get(start, {}).items()
+            for counter, n in counts.items()
+        ]
 
     async def aclose(self) -> None:
         self._minutes.clear()
@@ -135,34 +154,25 @@ class MemoryUsageStore:
 # --- Redis: any number of gateway replicas --------------------------------------------------------
 
 
-def _parse(fields: Mapping[bytes | str, bytes | str]) -> Iterable[tuple[str, str, str, int]]:
+def _parse(fields: Mapping[bytes | str, bytes | str]) -> Iterable[Count]:
     for field, value in fields.items():
         text = field.decode() if isinstance(field, bytes) else field
         tenant, model, counter = text.split(SEPARATOR)
         yield tenant, model, counter, int(value)
 
 
-class RedisUsageStore:
+class RedisUsageStore(UsageStore):
     def __init__(
         self, client: aioredis.Redis, *, retention_s: int = RETENTION_S, prefix: str = "gs:"
     ):
+        super().__init__(retention_s=retention_s)
         self._client = client
-        self._retention_s = retention_s
         self._prefix = prefix
 
     def key(self, minute: int) -> str:
         return f"{self._prefix}usage:{minute}"
 
-    async def record(
-        self,
-        tenant: str,
-        model: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        now: float | None = None,
-    ) -> None:
-        _check_record(tenant, model, prompt_tokens, completion_tokens)
-        now = time.time() if now is None else now
+    async def _add(self, tenant: str, model: str, counts: dict[str, int], now: float) -> None:
         minute = minute_of(now)
         key = self.key(minute)
         # Until the minute ends plus the retention, relative to `now` so that an injected clock
@@ -172,17 +182,14 @@ class RedisUsageStore:
         try:
             # MULTI/EXEC: a report never sees a request counted without its tokens.
             async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hincrby(key, base + "requests", 1)
-                pipe.hincrby(key, base + "prompt_tokens", prompt_tokens)
-                pipe.hincrby(key, base + "completion_tokens", completion_tokens)
+                for counter, n in counts.items():
+                    pipe.hincrby(key, base + counter, n)
                 pipe.expire(key, ttl_s)
                 await pipe.execute()
         except STORE_ERRORS as error:
             raise UsageUnavailable(f"usage store unavailable: {error!r}") from error
 
-    async def report(self, window_s: int, now: float | None = None) -> list[UsageRow]:
-        now = time.time() if now is None else now
-        minutes = minutes_overlapping(window_s, now, self._retention_s)
+    async def _counts(self, minutes: range) -> list[Count]:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for start in minutes:
@@ -190,25 +197,7 @@ class RedisUsageStore:
                 hashes = await pipe.execute()
         except STORE_ERRORS as error:
             raise UsageUnavailable(f"usage store unavailable: {error!r}") from error
-        totals: dict[tuple[str, str], dict[str, int]] = {}
-        for fields in hashes:
-            for tenant, model, counter, n in _parse(fields):
-                _add(totals, tenant, model, counter, n)
-        return _rows(totals)
+        return [count for fields in hashes for count in _parse(fields)]
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-
-def build_usage_store(
-    redis_url: str | None,
-    *,
-    retention_s: int = RETENTION_S,
-    prefix: str = "gs:",
-    redis_options: RedisOptions | None = None,
-) -> UsageStore:
-    """Redis when a URL is given (any number of gateway replicas), else in memory (one)."""
-    if redis_url is None:
-        return MemoryUsageStore(retention_s=retention_s)
-    client = redis_client(redis_url, redis_options or RedisOptions())
-    return RedisUsageStore(client, retention_s=retention_s, prefix=prefix)

@@ -92,8 +92,8 @@ def create_app(
     tokenizer("/tokenize", "tokenize")
     tokenizer("/detokenize", "detokenize")
 
-    def visible(request: Request) -> Callable[[str], bool]:
-        principal = access.authenticate(request.headers) if access else None
+    async def visible(request: Request) -> Callable[[str], bool]:
+        principal = await access.authenticate(request.headers) if access else None
         if principal is None:
             return lambda model: True
         principal.check_model_api()
@@ -101,31 +101,18 @@ def create_app(
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:
-        may_use = visible(request)
+        may_use = await visible(request)
         return {"object": "list", "data": [c for c in directory.cards() if may_use(c["id"])]}
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request) -> dict[str, Any]:
-        may_use = visible(request)
+        may_use = await visible(request)
         if not may_use(model):
             raise directory.not_found(model, may_use)
         return directory.card(model)
 
-    @app.get("/admin/usage")
-    async def usage(request: Request, window_s: int = 3600) -> dict[str, Any]:
-        if access is None:
-            raise RouteNotFound("the admin API needs access control (settings: access)")
-        access.authorize_admin(request.headers)
-        if not 60 <= window_s <= USAGE_MAX_WINDOW_S:
-            raise InvalidRequest(
-                f"window_s is {window_s}; it must lie in [60, {USAGE_MAX_WINDOW_S}]",
-                param="window_s",
-            )
-        return {
-            "object": "usage",
-            "window_s": window_s,
-            "data": await access.usage_report(window_s),
-        }
+    if access is not None:  # always in the service; a test's app may have none
+        _add_admin_api(app, access)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -136,12 +123,28 @@ def create_app(
         pools = await readiness()
         ok = all(pools.values())
         body: dict[str, Any] = {"status": "ready" if ok else "not ready", "pools": pools}
-        if access is not None and (keys := access.keys_status()) is not None:
+        if access is not None and (keys := await access.keys_status()) is not None:
             # A broken new keys file keeps the old keys (and readiness), but says so here.
             body["keys"] = keys
         return JSONResponse(body, status_code=200 if ok else 503)
 
     return app
+
+
+def _add_admin_api(app: FastAPI, access: AccessControl) -> None:
+    @app.get("/admin/usage")
+    async def usage(request: Request, window_s: int = 3600) -> dict[str, Any]:
+        await access.authorize_admin(request.headers)
+        if not 60 <= window_s <= USAGE_MAX_WINDOW_S:
+            raise InvalidRequest(
+                f"window_s is {window_s}; it must lie in [60, {USAGE_MAX_WINDOW_S}]",
+                param="window_s",
+            )
+        return {
+            "object": "usage",
+            "window_s": window_s,
+            "data": await access.usage_report(window_s),
+        }
 
 
 def _status_of(exc: BaseException) -> int:

@@ -94,7 +94,9 @@ class _OpenAiApi(GenerationApi):
     def for_pool(self, body: Any, pool_id: str, max_model_len: int) -> Outgoing:
         body.model = pool_id
         _settings_for_a_forced_call(body)
-        strip_usage = _ask_for_usage(body)
+        strip_usage = _streams_without_usage(body)
+        if strip_usage:
+            _ask_the_engine_for_usage(body)
         return Outgoing(body, strip_usage, needs_pool_checks(body, max_model_len))
 
 
@@ -262,19 +264,20 @@ def refuse_media(value: Any) -> None:
             refuse_media(item)
 
 
-def _ask_for_usage(body: Any) -> bool:
-    """Streams always carry usage from the engine (token metrics, and later accounting);
-    True when the client did not ask for it, so the gateway drops it on the way out."""
-    if not body.stream:
-        return False
+def _streams_without_usage(body: Any) -> bool:
+    """Whether the request streams and its client did not ask for usage in the stream."""
     options = body.stream_options
-    if options is not None and options.include_usage:
-        return False
+    return bool(body.stream) and not (options is not None and options.include_usage)
+
+
+def _ask_the_engine_for_usage(body: Any) -> None:
+    """Streams always carry usage from the engine (token metrics, and later accounting); the
+    gateway drops it on the way out when the client did not ask for it."""
+    options = body.stream_options
     body.stream_options = StreamOptions(
         include_usage=True,
         continuous_usage_stats=options.continuous_usage_stats if options else False,
     )
-    return True
 
 
 def _asks_for_json(raw: dict[str, Any]) -> bool:

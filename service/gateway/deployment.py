@@ -102,7 +102,7 @@ class Gateway:
     async def _refresh(self) -> None:
         for pool_id, load in self._loads.snapshot().items():
             self._recorder.in_flight(pool_id, load.ongoing)
-        if (keys := self._access.keys_status()) is not None:
+        if (keys := await self._access.keys_status()) is not None:
             self._recorder.keys_file_stale(keys["error"] is not None)
         await self._refresh_replicas()
         # Each pool replica's address and engine figures, as the replicas announce them.

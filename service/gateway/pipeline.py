@@ -97,7 +97,7 @@ class RequestPipeline:
     async def prepare(
         self, request: Request, api: GenerationApi, telemetry: RequestTelemetry, ctx: RequestContext
     ) -> PreparedRequest:
-        self.authenticate(request, telemetry, ctx)
+        await self.authenticate(request, telemetry, ctx)
         parsed = await self.parse(request, api, ctx)
         checked = await self.check(api, parsed, ctx)
         with telemetry.span("route") as span:
@@ -122,12 +122,12 @@ class RequestPipeline:
 
     # --- the stages ----------------------------------------------------------------------
 
-    def authenticate(
+    async def authenticate(
         self, request: Request, telemetry: RequestTelemetry, ctx: RequestContext
     ) -> None:
         with telemetry.span("auth") as span:
             access = self._access
-            ctx.principal = access.authenticate(request.headers) if access else None
+            ctx.principal = await access.authenticate(request.headers) if access else None
             if ctx.principal is not None and ctx.principal.tenant is not None:
                 telemetry.tenant = ctx.principal.tenant.id
             if span is not None:
@@ -225,7 +225,7 @@ class RequestPipeline:
     ) -> Response:
         """/tokenize and /detokenize: the pool's own tokenizer (an alias uses its quality
         pool's; Gemma 4's models share one). Not admitted or counted as load: no generation."""
-        self.authenticate(request, telemetry, ctx)
+        await self.authenticate(request, telemetry, ctx)
         raw = await read_json_object(request, self._settings.server.max_body_bytes)
         model = raw.get("model")
         if not isinstance(model, str) or not model:

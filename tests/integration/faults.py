@@ -18,7 +18,7 @@ import redis
 
 from service.local_ports import free_port
 
-LIMITER_PREFIX = "gs:"  # service.access.limits.build_limiter's default
+LIMITER_PREFIX = "gs:"  # service.access.stores.build_limiter's default
 
 
 class RedisProxy:

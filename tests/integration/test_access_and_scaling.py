@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-from service.access.keys import create_key, revoke_key
+from service.access.keys_editing import create_key, revoke_key
 from service.app import APP_NAME, POOL_DEPLOYMENT_PREFIX, build_app
 from service.cli import local_placement, start_service, stop_service
 from service.local_ports import free_port

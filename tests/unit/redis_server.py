@@ -18,7 +18,8 @@ from pathlib import Path
 
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.access.limits import RedisOptions, RedisRateLimiter, redis_client
+from service.access.redis_connection import RedisOptions, redis_client
+from service.access.redis_limiter import RedisRateLimiter
 from service.local_ports import free_port
 
 BINARY = "redis-server"

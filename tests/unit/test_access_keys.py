@@ -2,31 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
-from service.access.keys import (
+from service.access import keys_schema
+from service.access.authentication import (
     AdminKeyOnModelApi,
     AdminKeyRequired,
     InvalidKey,
-    KeyFile,
-    KeyFileError,
     KeyRing,
     MissingKey,
     ModelNotAllowed,
     RevokedKey,
-    Tenant,
-    UnknownKeyId,
-    create_key,
     hash_key,
-    list_keys,
-    revoke_key,
 )
+from service.access.keys_editing import UnknownKeyId, create_key, list_keys, revoke_key
+from service.access.keys_reload import KeyFile
+from service.access.keys_schema import KeyFileError, Tenant
 from service.errors import ConfigError, ServiceError, error_body
 
 VALID_HASH = "ab" * 32
@@ -365,19 +364,19 @@ def test_a_key_created_after_start_is_accepted_once_the_interval_has_passed(path
     keys = KeyFile(path, reload_interval_s=2.0, clock=clock)
     new_key = tenant_key(path)
     clock.advance(1.0)
-    assert isinstance(refusal(keys.current(), bearer(new_key)), InvalidKey)
+    assert isinstance(refusal(keys.reload_if_due(), bearer(new_key)), InvalidKey)
     clock.advance(1.0)
-    assert keys.current().authenticate(bearer(new_key)).key_id == new_key.split("_")[1]
+    assert keys.reload_if_due().authenticate(bearer(new_key)).key_id == new_key.split("_")[1]
 
 
 def test_a_key_revoked_after_start_is_refused_after_reload(path):
     key = tenant_key(path)
     clock = FakeClock()
     keys = KeyFile(path, clock=clock)
-    keys.current().authenticate(bearer(key))
+    keys.reload_if_due().authenticate(bearer(key))
     revoke_key(path, key.split("_")[1])
     clock.advance(2.0)
-    assert isinstance(refusal(keys.current(), bearer(key)), RevokedKey)
+    assert isinstance(refusal(keys.reload_if_due(), bearer(key)), RevokedKey)
 
 
 def test_a_broken_file_keeps_the_last_good_keys_and_says_why(path):
@@ -386,7 +385,7 @@ def test_a_broken_file_keeps_the_last_good_keys_and_says_why(path):
     keys = KeyFile(path, clock=clock)
     path.write_text("tenants: [{id: team-a, models: ['*'], requests_per_minute: -1}]\n")
     clock.advance(2.0)
-    assert keys.current().authenticate(bearer(key)).tenant is not None
+    assert keys.reload_if_due().authenticate(bearer(key)).tenant is not None
     assert keys.last_error is not None and "tenants.0.requests_per_minute" in keys.last_error
 
 
@@ -395,10 +394,10 @@ def test_a_broken_version_is_logged_once_without_key_material(path, caplog):
     clock = FakeClock()
     keys = KeyFile(path, clock=clock)
     path.write_text(path.read_text().replace("tenant: team-a", "tenant: team-z"))
-    with caplog.at_level(logging.ERROR, logger="service.access.keys"):
+    with caplog.at_level(logging.ERROR, logger="service.access.keys_reload"):
         for _ in range(3):
             clock.advance(2.0)
-            keys.current()
+            keys.reload_if_due()
     assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 1
     assert "team-z" in caplog.text and hash_key(key) not in caplog.text
 
@@ -410,11 +409,11 @@ def test_a_fixed_file_clears_the_error_and_is_loaded(path):
     good = path.read_text()
     path.write_text("tenants: not-a-list\n")
     clock.advance(2.0)
-    keys.current()
+    keys.reload_if_due()
     path.write_text(good + "\n")
     new_key = tenant_key(path)
     clock.advance(2.0)
-    keys.current().authenticate(bearer(new_key))
+    keys.reload_if_due().authenticate(bearer(new_key))
     assert keys.last_error is None
 
 
@@ -424,7 +423,7 @@ def test_a_briefly_missing_file_keeps_the_last_good_keys(path):
     keys = KeyFile(path, clock=clock)
     path.unlink()
     clock.advance(2.0)
-    assert keys.current().authenticate(bearer(key)).key_id == key.split("_")[1]
+    assert keys.reload_if_due().authenticate(bearer(key)).key_id == key.split("_")[1]
     assert keys.last_error is not None and "not found" in keys.last_error
 
 
@@ -459,7 +458,7 @@ def test_a_kubernetes_style_secret_update_is_picked_up(tmp_path):
     os.replace(mount / "..data_tmp", mount / "..data")
     clock.advance(2.0)
 
-    ring = keys.current()
+    ring = keys.reload_if_due()
     assert ring.authenticate(bearer(new_key)).key_id == new_key.split("_")[1]
     assert ring.authenticate(bearer(old_key)).key_id == old_key.split("_")[1]
 
@@ -471,5 +470,69 @@ def test_loaded_at_moves_only_when_a_good_version_is_loaded(path):
     first = keys.loaded_at
     path.write_text("keys: [oops]\n")
     clock.advance(2.0)
-    keys.current()
+    keys.reload_if_due()
     assert keys.loaded_at == first
+
+
+# --- Re-reading off the event loop ----------------------------------------------------------
+
+
+@pytest.fixture
+def parses(monkeypatch):
+    """The thread of every YAML parse of a keys file, in order."""
+    threads: list[int] = []
+    parse = keys_schema.yaml.safe_load
+
+    def recording(text):
+        threads.append(threading.get_ident())
+        return parse(text)
+
+    monkeypatch.setattr(keys_schema.yaml, "safe_load", recording)
+    return threads
+
+
+async def test_a_request_that_finds_a_reload_due_parses_the_file_off_the_event_loop(path, parses):
+    tenant_key(path)
+    clock = FakeClock()
+    keys = KeyFile(path, clock=clock)
+    new_key = tenant_key(path)
+    parses.clear()
+    clock.advance(2.0)
+    ring = await keys.refreshed()
+    assert ring.authenticate(bearer(new_key)).key_id == new_key.split("_")[1]
+    assert parses and threading.get_ident() not in parses
+
+
+async def test_requests_within_the_interval_parse_nothing(path, parses):
+    tenant_key(path)
+    clock = FakeClock()
+    keys = KeyFile(path, clock=clock)
+    tenant_key(path)
+    parses.clear()
+    clock.advance(1.0)
+    for _ in range(3):
+        await keys.refreshed()
+    assert parses == []
+
+
+async def test_requests_arriving_during_a_reload_share_it(path, parses):
+    tenant_key(path)
+    clock = FakeClock()
+    keys = KeyFile(path, clock=clock)
+    new_key = tenant_key(path)
+    parses.clear()
+    clock.advance(2.0)
+    rings = await asyncio.gather(*(keys.refreshed() for _ in range(5)))
+    assert len(parses) == 1
+    assert all(r.authenticate(bearer(new_key)) for r in rings)
+
+
+def test_the_ring_in_force_is_read_without_touching_the_file(path, parses):
+    tenant_key(path)
+    clock = FakeClock()
+    keys = KeyFile(path, clock=clock)
+    new_key = tenant_key(path)
+    parses.clear()
+    clock.advance(2.0)
+    assert isinstance(refusal(keys.current(), bearer(new_key)), InvalidKey)
+    assert parses == []

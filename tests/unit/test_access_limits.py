@@ -12,17 +12,11 @@ import uuid
 import pytest
 import redis.exceptions
 
-from service.access.limits import (
-    Lease,
-    LimiterUnavailable,
-    Limits,
-    MemoryRateLimiter,
-    RedisOptions,
-    RedisRateLimiter,
-    build_limiter,
-    format_duration,
-    redis_client,
-)
+from service.access.limits import Lease, LimiterUnavailable, Limits, format_duration
+from service.access.memory_limiter import MemoryRateLimiter
+from service.access.redis_connection import RedisOptions, redis_client
+from service.access.redis_limiter import RedisRateLimiter
+from service.access.stores import build_limiter
 from service.local_ports import free_port
 from tests.unit.redis_server import PATIENT, lossy_limiter
 

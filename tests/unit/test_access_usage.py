@@ -7,14 +7,14 @@ import uuid
 
 import pytest
 
-from service.access.limits import redis_client
+from service.access.redis_connection import redis_client
+from service.access.stores import build_usage_store
 from service.access.usage import (
     RETENTION_S,
     MemoryUsageStore,
     RedisUsageStore,
     UsageRow,
     UsageUnavailable,
-    build_usage_store,
 )
 from service.local_ports import free_port
 from tests.unit.redis_server import PATIENT

@@ -26,7 +26,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from service.access.keys import parse_document
+from service.access.keys_schema import parse_document
 from service.cli import main as gemma_serve
 from service.pool_settings import AutoscalingSettings, PoolSettings, ReplicaSettings
 from service.settings import (

@@ -5,14 +5,19 @@ and what is written down."""
 import asyncio
 import json
 import logging
+import threading
 
 import httpx
 import pytest
 
+from service.access import keys_schema
 from service.access.audit import AUDIT_LOGGER, AuditLog
 from service.access.gate import AccessControl
-from service.access.keys import KeyFile, create_key, revoke_key
-from service.access.limits import MemoryRateLimiter, RedisRateLimiter, redis_client
+from service.access.keys_editing import create_key, revoke_key
+from service.access.keys_reload import KeyFile
+from service.access.memory_limiter import MemoryRateLimiter
+from service.access.redis_connection import redis_client
+from service.access.redis_limiter import RedisRateLimiter
 from service.access.usage import MemoryUsageStore, UsageUnavailable
 from service.gateway.api import create_app
 from service.local_ports import free_port
@@ -116,6 +121,22 @@ async def test_a_revoked_key_is_401_from_the_next_request(gateway, keys_path, te
 async def test_a_key_added_to_the_file_works_without_a_restart(gateway, keys_path):
     new_key = create_key(keys_path, "team-b", models=["*"])
     assert (await gateway.chat(new_key)).status_code == 200
+
+
+async def test_a_request_never_parses_the_keys_file_on_the_event_loop(
+    gateway, keys_path, monkeypatch
+):
+    new_key = create_key(keys_path, "team-b", models=["*"])
+    threads = []
+    parse = keys_schema.yaml.safe_load
+
+    def recording(text):
+        threads.append(threading.get_ident())
+        return parse(text)
+
+    monkeypatch.setattr(keys_schema.yaml, "safe_load", recording)
+    assert (await gateway.chat(new_key)).status_code == 200
+    assert threads and threading.get_ident() not in threads
 
 
 async def test_a_model_outside_the_tenants_list_is_403(gateway, team_key):
@@ -385,7 +406,7 @@ async def test_a_client_gone_during_admission_leaves_no_slot_or_charge_behind(ke
         return admission
 
     limiter.admit = slow_admit
-    principal = gateway.access.authenticate({"authorization": f"Bearer {key}"})
+    principal = await gateway.access.authenticate({"authorization": f"Bearer {key}"})
     task = asyncio.create_task(gateway.access.admit(principal, "r1", 900))
     await asyncio.sleep(0.01)
     task.cancel()
@@ -440,5 +461,5 @@ async def test_closing_waits_for_the_settles_still_in_flight(keys_path):
     assert (await gateway.chat(key)).status_code == 200  # its settle is now in flight
     await gateway.access.aclose(timeout_s=5)
     limiter.settle = settle
-    principal = gateway.access.authenticate({"authorization": f"Bearer {key}"})
+    principal = await gateway.access.authenticate({"authorization": f"Bearer {key}"})
     assert (await gateway.access.admit(principal, "next", 10)).admitted  # the slot was freed

@@ -231,6 +231,10 @@ async def test_unknown_route_and_wrong_method_answer_in_openai_shape(client):
     assert_openai_error(await client.get(CHAT), 405, "method_not_allowed")
 
 
+async def test_an_app_built_without_access_control_has_no_admin_api(client):
+    assert_openai_error(await client.get("/admin/usage"), 404, "not_found")
+
+
 async def test_health_is_always_ok(client):
     assert (await client.get("/health")).json() == {"status": "ok"}
 

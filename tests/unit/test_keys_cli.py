@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from service.access.keys import hash_key, list_keys
+from service.access.authentication import hash_key
 from service.access.keys_cli import add_keys_commands
+from service.access.keys_editing import list_keys
 
 
 def run(*argv: str) -> int:

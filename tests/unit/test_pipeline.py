@@ -165,6 +165,19 @@ async def test_prepare_names_the_pool_and_asks_for_usage_the_client_did_not(pipe
     assert prepared.headers["x-route-reason"] == "shape:interactive"
 
 
+async def test_prepare_keeps_the_usage_a_streaming_client_asked_for(pipeline):
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    prepared = await prepare(pipeline, CHAT, body)
+    assert prepared.outgoing.body.stream_options.include_usage
+    assert not prepared.outgoing.strip_usage
+
+
+async def test_prepare_asks_for_no_usage_without_a_stream(pipeline):
+    prepared = await prepare(pipeline, CHAT, chat_body())
+    assert prepared.outgoing.body.stream_options is None
+    assert not prepared.outgoing.strip_usage
+
+
 async def test_prepare_asks_the_pool_to_check_a_grammar(pipeline):
     body = chat_body(response_format={"type": "json_object"})
     prepared = await prepare(pipeline, CHAT, body)

@@ -64,7 +64,7 @@ from benchmarks.sim.workload import (
     prefix_groups,
 )
 from service import engine_config
-from service.autoscaling.decision import Decision, Signals
+from service.autoscaling.decision import ScalingDecision, Signals
 from service.autoscaling.serve_policy import (
     ENGINE_WAITING,
     KV_CACHE_USAGE,
@@ -234,12 +234,12 @@ class SimulatedPoolPolicy(PoolAutoscalingPolicy):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self.ttft: float | None = None
-        self.last: tuple[Signals, Decision] | None = None
+        self.last: tuple[Signals, ScalingDecision] | None = None
 
     def _ttft_p95(self) -> float | None:
         return self.ttft
 
-    def _export(self, signals: Signals, decision: Decision) -> None:
+    def _export(self, signals: Signals, decision: ScalingDecision) -> None:
         self.last = (signals, decision)
 
 

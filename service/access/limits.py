@@ -250,7 +250,7 @@ def _headers(
     return headers
 
 
-def decide(
+def binding_limit(
     checks: dict[Window, WindowCheck], concurrency_full: bool, second: int, now: float
 ) -> tuple[LimitedBy | None, int, dict[str, str]]:
     """The binding limit (None: admitted), Retry-After and headers. A retry must wait for every

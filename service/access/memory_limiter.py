@@ -11,8 +11,8 @@ from service.access.limits import (
     Lease,
     Limits,
     RateLimiter,
+    binding_limit,
     check_windows,
-    decide,
     in_window,
     slot_member,
 )
@@ -59,7 +59,7 @@ class MemoryRateLimiter(RateLimiter):
             for member in [m for m, expiry in state.slots.items() if expiry <= now]:
                 del state.slots[member]
             full = len(state.slots) >= limits.max_concurrent_requests
-        limited_by, retry_after_s, headers = decide(checks, full, second, now)
+        limited_by, retry_after_s, headers = binding_limit(checks, full, second, now)
         if limited_by is not None:
             return Admission(False, limited_by, retry_after_s, headers, None)
         if "requests" in checks:

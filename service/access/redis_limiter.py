@@ -24,8 +24,8 @@ from service.access.limits import (
     LimiterUnavailable,
     Limits,
     RateLimiter,
+    binding_limit,
     check_windows,
-    decide,
     slot_member,
 )
 from service.access.redis_connection import STORE_ERRORS
@@ -219,10 +219,10 @@ class RedisRateLimiter(RateLimiter):
         now, second = float(now_s), int(second)
         buckets = {"requests": requests, "tokens": tokens}
         checks = check_windows(limits, estimated_tokens, now, lambda kind: _pairs(buckets[kind]))
-        limited_by, retry_after_s, headers = decide(checks, bool(full), second, now)
+        limited_by, retry_after_s, headers = binding_limit(checks, bool(full), second, now)
         if bool(ok) != (limited_by is None):
-            # The script and `decide` apply one rule to the same buckets, so this is a bug; the
-            # script's verdict stands, since it has already charged (or not).
+            # The script and `binding_limit` apply one rule to the same buckets, so this is a bug;
+            # the script's verdict stands, since it has already charged (or not).
             log.error("rate limit script and window check disagree for tenant %s", tenant)
         if not ok:
             return Admission(False, limited_by or "requests", max(1, retry_after_s), headers, None)

@@ -53,7 +53,7 @@ class Signals:
 
 
 @dataclass(frozen=True)
-class Decision:
+class ScalingDecision:
     replicas: int  # what to run now (bounded, after delays)
     wanted: int  # what the signals ask for (bounded, before delays)
     desired: int  # what the signals ask for, unbounded: above max means "at max, short"
@@ -84,7 +84,7 @@ class _Wish:
 
 def decide(
     signals: Signals, params: ScalingParams, state: dict[str, Any]
-) -> tuple[Decision, dict[str, Any]]:
+) -> tuple[ScalingDecision, dict[str, Any]]:
     """The replica count for this tick and the state to pass to the next one."""
     wish = _wanted(signals, params)
     wanted = _bounded(wish.replicas, params)
@@ -101,7 +101,9 @@ def decide(
     if signals.current_replicas == 0 and wanted > 0:
         replicas = wanted  # a cold pool with work waiting starts at once
         pending = PendingChange()
-    decision = Decision(_bounded(replicas, params), wanted, wish.replicas, wish.reason, direction)
+    decision = ScalingDecision(
+        _bounded(replicas, params), wanted, wish.replicas, wish.reason, direction
+    )
     return decision, pending.as_state()
 
 

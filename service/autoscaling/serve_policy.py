@@ -19,7 +19,7 @@ from service.autoscaling.decision import (
     ENGINE_WAITING,
     HTTP_ONGOING,
     KV_CACHE_USAGE,
-    Decision,
+    ScalingDecision,
     ScalingParams,
     Signals,
     decide,
@@ -63,7 +63,7 @@ class PoolAutoscalingPolicy(PrometheusQueryMixin):
             return None
         return (self.prometheus_metrics or {}).get(self._ttft_query)
 
-    def _export(self, signals: Signals, decision: Decision) -> None:
+    def _export(self, signals: Signals, decision: ScalingDecision) -> None:
         try:
             if self._gauges is None:
                 self._gauges = _AutoscalerGauges()
@@ -120,7 +120,7 @@ class _AutoscalerGauges:
             "signal",
         )
 
-    def set(self, pool: str, p: ScalingParams, s: Signals, d: Decision) -> None:
+    def set(self, pool: str, p: ScalingParams, s: Signals, d: ScalingDecision) -> None:
         tags = {"pool": pool}
         self.desired.set(d.desired, tags)
         self.wanted.set(d.wanted, tags)

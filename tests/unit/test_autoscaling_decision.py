@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from service.autoscaling.decision import DOWN, UP, Decision, ScalingParams, Signals, decide
+from service.autoscaling.decision import DOWN, UP, ScalingDecision, ScalingParams, Signals, decide
 
 PARAMS = ScalingParams(
     min_replicas=1,
@@ -24,9 +24,9 @@ class Fleet:
         self.replicas = replicas
         self.now = 0.0
         self.state: dict = {}
-        self.history: list[Decision] = []
+        self.history: list[ScalingDecision] = []
 
-    def tick(self, ongoing: float, **signals) -> Decision:
+    def tick(self, ongoing: float, **signals) -> ScalingDecision:
         s = Signals(self.now, self.replicas, self.replicas, ongoing, **signals)
         decision, self.state = decide(s, self.params, self.state)
         self.replicas = decision.replicas

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["loadtest"]:
         # The load tester is a client of the service, not part of it: run it as its own program
         # (loadtests/runner.py, its own arguments) rather than import it.
-        os.execv(sys.executable, [sys.executable, "-m", "loadtests.runner", *argv[1:]])
+        return subprocess.call([sys.executable, "-m", "loadtests.runner", *argv[1:]])
     args = _parser().parse_args(argv)
     try:
         return args.func(args)

@@ -115,4 +115,4 @@ def test_pools_report_their_scheduler_figures_for_routing(stack, client):
     load = stack.pool_handle(MOE).engine_load.remote().result()
     assert load["age_s"] is not None and load["age_s"] >= 0
     assert 0.0 <= load["kv_cache_usage"] <= 1.0
-    assert load["waiting"] >= 0 and load["running"] >= 0
+    assert load["waiting"] >= 0

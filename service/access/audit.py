@@ -1,7 +1,7 @@
 """The audit log: one JSON line per request, written when the request ends.
 
 Who called (tenant and key id, never the key), what they asked for, where it was routed, and
-how it ended. Prompts and responses are recorded only when `access.audit_content` is on.
+how it ended. Prompts are recorded only when `access.audit_content` is on; responses never.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ class AuditEntry:
     latency_ms: float
     ttft_ms: float | None
     prompt: str | None = None  # only with audit_content
-    response: str | None = None  # only with audit_content
 
 
 class AuditLog:
@@ -50,7 +49,6 @@ class AuditLog:
         line = {"time": _utc_now(), **asdict(entry)}
         if not self.include_content:
             line.pop("prompt")
-            line.pop("response")
         self._logger.info(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
 
 

@@ -51,7 +51,6 @@ class RequestContext:
     model: str | None = None
     route_reason: str | None = None
     prompt: str | None = None  # only with audit_content
-    response: str | None = None  # only with audit_content
 
 
 class AccessControl:
@@ -283,7 +282,6 @@ def audit_entry(ctx: RequestContext, outcome: RequestOutcome) -> AuditEntry:
         latency_ms=round(outcome.duration_s * 1000, 1),
         ttft_ms=None if outcome.ttft_s is None else round(outcome.ttft_s * 1000, 1),
         prompt=ctx.prompt,
-        response=ctx.response,
     )
 
 
